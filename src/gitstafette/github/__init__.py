@@ -1,0 +1,1 @@
+"""GitHub webhook parsing: pure functions, no I/O."""

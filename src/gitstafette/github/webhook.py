@@ -1,0 +1,97 @@
+"""Turn a webhook request (headers and raw body) into a ``WebhookEvent``, or say why not.
+
+Repository hooks are routed by the ``X-GitHub-Hook-Installation-Target-ID`` header without parsing the
+body; organization and GitHub App hooks by ``repository.id`` in the body.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qs
+
+from gitstafette.config import Watchlist
+from gitstafette.exceptions import WebhookRejected
+from gitstafette.model import WebhookEvent, relayed_headers
+
+__all__ = ["parse_webhook"]
+
+_FORM = "application/x-www-form-urlencoded"
+
+
+def parse_webhook(
+    headers: Mapping[str, str],
+    raw_headers: list[tuple[str, str]],
+    body: bytes,
+    watchlist: Watchlist,
+    received_at_ns: int,
+) -> WebhookEvent:
+    """Validate one webhook and route it to a repository.
+
+    :param headers: the request headers by lower-case name.
+    :param raw_headers: the request headers in the order received (names in any case).
+    :raises WebhookRejected: 400 for a malformed request, 406 for one that is not for a watched repository.
+    """
+    delivery_id = headers.get("x-github-delivery", "").strip()
+    if not delivery_id:
+        raise WebhookRejected(400, "missing X-GitHub-Delivery header: not a GitHub webhook")
+    event_type = headers.get("x-github-event", "").strip()
+    if not event_type:
+        raise WebhookRejected(400, "missing X-GitHub-Event header: not a GitHub webhook")
+    if not body:
+        raise WebhookRejected(400, "empty body: a GitHub webhook carries a JSON payload")
+
+    target_type = headers.get("x-github-hook-installation-target-type", "").strip().lower()
+    target_id = headers.get("x-github-hook-installation-target-id", "").strip()
+    repository_id, full_name = "", ""
+    if target_type == "repository" and target_id:
+        repository_id = target_id
+        if not watchlist.watches_id(repository_id) and watchlist.names:
+            full_name = _repository(_payload(headers, body))[1]
+    else:
+        repository_id, full_name = _repository(_payload(headers, body))
+        if not repository_id:
+            raise WebhookRejected(
+                406,
+                f"a {target_type or 'webhook'} {event_type!r} event without a repository: "
+                "gitstafette relays repository events only",
+            )
+    if not watchlist.watches(repository_id, full_name):
+        raise WebhookRejected(406, f"repository {full_name or repository_id} is not watched by this server")
+    return WebhookEvent(
+        repository_id=repository_id,
+        delivery_id=delivery_id,
+        event_type=event_type,
+        body=body,
+        headers=relayed_headers(raw_headers),
+        received_at_ns=received_at_ns,
+        repository_name=full_name,
+    )
+
+
+def _payload(headers: Mapping[str, str], body: bytes) -> Any:
+    """The JSON payload, sent as JSON or as the ``payload`` field of a form."""
+    if headers.get("content-type", "").split(";")[0].strip().lower() == _FORM:
+        fields = parse_qs(body.decode("latin-1"), max_num_fields=64)
+        if "payload" not in fields:
+            raise WebhookRejected(400, "form-encoded webhook without a payload field")
+        text: str | bytes = fields["payload"][0]
+    else:
+        text = body
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WebhookRejected(400, f"body is not valid JSON: {exc}") from exc
+
+
+def _repository(payload: Any) -> tuple[str, str]:
+    """(id, full_name) of ``payload["repository"]``, or empty strings."""
+    repository = payload.get("repository") if isinstance(payload, dict) else None
+    if not isinstance(repository, dict):
+        return "", ""
+    repository_id = repository.get("id")
+    if isinstance(repository_id, bool) or not isinstance(repository_id, int | str) or not str(repository_id).isdigit():
+        return "", ""
+    full_name = repository.get("full_name")
+    return str(repository_id), full_name if isinstance(full_name, str) else ""

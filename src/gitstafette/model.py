@@ -1,0 +1,124 @@
+"""The event that travels through the relay, and its conversion to and from protobuf."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from gitstafette._proto import gitstafette_pb2 as pb
+from gitstafette.constants import HEADER_DELIVERY, HEADER_EVENT, RELAYED_HEADER_PREFIXES, RELAYED_HEADERS
+
+__all__ = [
+    "DeadLetter",
+    "RepositoryState",
+    "WebhookEvent",
+    "canonical_header_name",
+    "event_from_pb",
+    "event_to_pb",
+    "relayed_headers",
+]
+
+_SPECIAL_WORDS = {"github": "GitHub", "id": "ID"}
+
+
+def canonical_header_name(name: str) -> str:
+    """``x-github-hook-installation-target-id`` → ``X-GitHub-Hook-Installation-Target-ID`` (GitHub's spelling)."""
+    return "-".join(_SPECIAL_WORDS.get(part, part.capitalize()) for part in name.lower().split("-"))
+
+
+def relayed_headers(items: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The headers of a webhook request that are stored and relayed, in GitHub's spelling and order.
+
+    Only GitHub's own headers, the signatures, ``Content-Type`` and ``User-Agent`` travel: never
+    ``Authorization``, cookies or proxy headers.
+    """
+    kept: list[tuple[str, str]] = []
+    for name, value in items:
+        lower = name.lower()
+        if lower in RELAYED_HEADERS or lower.startswith(RELAYED_HEADER_PREFIXES):
+            kept.append((canonical_header_name(lower), value))
+    return tuple(kept)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEvent:
+    """One GitHub delivery for one repository.
+
+    :param repository_id: GitHub's numeric repository id, as a string.
+    :param delivery_id: ``X-GitHub-Delivery``; unique per repository.
+    :param sequence: position in the repository's stream, assigned by the store (0 until stored).
+    """
+
+    repository_id: str
+    delivery_id: str
+    event_type: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+    received_at_ns: int
+    repository_name: str = ""
+    sequence: int = 0
+
+    def with_sequence(self, sequence: int) -> WebhookEvent:
+        return replace(self, sequence=sequence)
+
+    def header(self, name: str) -> str | None:
+        lower = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lower:
+                return value
+        return None
+
+    def __repr__(self) -> str:
+        return (
+            f"WebhookEvent(repository_id={self.repository_id!r}, delivery_id={self.delivery_id!r}, "
+            f"event_type={self.event_type!r}, sequence={self.sequence}, body_bytes={len(self.body)})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event a client could not deliver and gave up on."""
+
+    client_id: str
+    repository_id: str
+    sequence: int
+    delivery_id: str
+    reason: str
+    status_code: int
+    failed_at_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryState:
+    """What the store holds for one repository."""
+
+    repository_id: str
+    repository_name: str
+    event_count: int
+    first_sequence: int
+    last_sequence: int
+    #: client id → highest acknowledged sequence
+    cursors: Mapping[str, int] = field(default_factory=dict)
+
+
+def event_to_pb(event: WebhookEvent) -> pb.WebhookEvent:
+    return pb.WebhookEvent(
+        event_id=event.delivery_id,
+        body=event.body,
+        headers=[pb.Header(name=name, values=value) for name, value in event.headers],
+    )
+
+
+def event_from_pb(message: pb.WebhookEvent, repository_id: str, received_at_ns: int) -> WebhookEvent:
+    """An event pushed over gRPC (a chained server); its id is the delivery id."""
+    headers = relayed_headers((header.name, header.values) for header in message.headers)
+    event = WebhookEvent(
+        repository_id=repository_id,
+        delivery_id=message.event_id,
+        event_type="",
+        body=message.body,
+        headers=headers,
+        received_at_ns=received_at_ns,
+    )
+    delivery = event.header(HEADER_DELIVERY)
+    return replace(event, delivery_id=message.event_id or delivery or "", event_type=event.header(HEADER_EVENT) or "")

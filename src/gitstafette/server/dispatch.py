@@ -1,0 +1,306 @@
+"""Who gets which event on the acknowledged stream.
+
+Each client id is a *group* of connections. Every repository the group wants is served by one
+connection at a time, through a *lane* that sends the repository's events in sequence order and keeps
+at most ``window`` of them unacknowledged. The group's cursor of a repository is the highest sequence
+below which everything was acknowledged (or reported failed); it is what the store remembers, so a
+lane that ends, for whatever reason, leaves its unacknowledged events to be sent again by the next.
+
+Lanes are balanced between the connections of a group: a connection holding two lanes more than
+another stops sending on one of them, and hands it over once all it sent there is acknowledged, so
+order is kept across the handover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from gitstafette.model import DeadLetter, WebhookEvent
+from gitstafette.store import EventStore
+
+__all__ = ["Connection", "Dispatcher"]
+
+logger = logging.getLogger("gitstafette.server.dispatch")
+
+#: Most unacknowledged events per lane, and most unacknowledged body bytes (at least one event goes).
+DEFAULT_WINDOW = 256
+DEFAULT_WINDOW_BYTES = 32 * 1024 * 1024
+
+_connection_ids = itertools.count(1)
+
+
+@dataclass
+class _InFlight:
+    delivery_id: str
+    size: int
+    done: bool = False
+
+
+class Lane:
+    """One repository served on one connection."""
+
+    def __init__(self, group: _Group, connection: Connection, repository_id: str) -> None:
+        self.group = group
+        self.connection = connection
+        self.repository_id = repository_id
+        self.inflight: OrderedDict[int, _InFlight] = OrderedDict()
+        self.inflight_bytes = 0
+        self.handing_off = False
+        self.room = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self._persisting: asyncio.Task[None] | None = None
+        self._persist_again = False
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"lane {self.group.client_id}/{self.repository_id}")
+
+    async def _run(self) -> None:
+        group, repository_id = self.group, self.repository_id
+        store, window, window_bytes = group.dispatcher.store, group.dispatcher.window, group.dispatcher.window_bytes
+        if repository_id not in group.cursors:
+            group.cursors[repository_id] = await store.start_cursor(group.client_id, repository_id)
+        after = group.cursors[repository_id]
+        logger.info(
+            "client %s: connection %d serves repository %s from sequence %d",
+            group.client_id, self.connection.id, repository_id, after + 1,
+        )
+        while not store.notifier.closed:
+            room = window - len(self.inflight)
+            if self.handing_off or room <= 0 or (self.inflight and self.inflight_bytes >= window_bytes):
+                self.room.clear()
+                await self.room.wait()
+                continue
+            events = await store.read_after(repository_id, after, limit=room)
+            if not events:
+                await store.wait_for_events(repository_id, after, timeout=None)
+                continue
+            # Sending and recording happen without an await in between, so a lane cancelled at any
+            # await has recorded everything it sent.
+            for event in events:
+                if self.handing_off or (self.inflight and self.inflight_bytes >= window_bytes):
+                    break
+                self.inflight[event.sequence] = _InFlight(event.delivery_id, len(event.body))
+                self.inflight_bytes += len(event.body)
+                self.connection.send(event, group.redelivery(event))
+                after = event.sequence
+
+    def settle(self, sequence: int) -> bool:
+        """Mark one sent event done; move the cursor over every done event at the front."""
+        entry = self.inflight.get(sequence)
+        if entry is None:
+            return False
+        entry.done = True
+        cursor = None
+        while self.inflight:
+            first_sequence, first = next(iter(self.inflight.items()))
+            if not first.done:
+                break
+            self.inflight.popitem(last=False)
+            self.inflight_bytes -= first.size
+            cursor = first_sequence
+        if cursor is not None:
+            self.group.cursors[self.repository_id] = cursor
+            self.group.forget_redeliveries(self.repository_id, cursor)
+            self._persist()
+        self.room.set()
+        if self.handing_off and not self.inflight:
+            self.group.release(self)
+        return True
+
+    def _persist(self) -> None:
+        """Write the cursor to the store, coalescing: at most one write in flight per lane."""
+        if self._persisting is not None and not self._persisting.done():
+            self._persist_again = True
+            return
+        self._persisting = asyncio.create_task(self._persist_loop())
+
+    async def _persist_loop(self) -> None:
+        store = self.group.dispatcher.store
+        while True:
+            self._persist_again = False
+            cursor = self.group.cursors[self.repository_id]
+            try:
+                await store.set_cursor(self.group.client_id, self.repository_id, cursor)
+            except Exception:
+                logger.exception("client %s: cannot save cursor %d of %s", self.group.client_id, cursor, self.repository_id)
+            if not self._persist_again:
+                return
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                logger.exception("lane %s/%s failed", self.group.client_id, self.repository_id)
+        if self._persisting is not None:
+            await asyncio.shield(self._persisting)
+
+
+class Connection:
+    """One acknowledged stream: what it wants, the lanes it holds, and its queue of messages to send."""
+
+    def __init__(self, client_id: str, wanted: list[str]) -> None:
+        self.id = next(_connection_ids)
+        self.client_id = client_id
+        self.wanted = list(dict.fromkeys(wanted))
+        self.lanes: dict[str, Lane] = {}
+        #: (event, redelivery) to send; None ends the stream; "assignment" announces a change of lanes
+        self.outbox: asyncio.Queue[tuple[WebhookEvent, int] | str | None] = asyncio.Queue()
+
+    def send(self, event: WebhookEvent, redelivery: int) -> None:
+        self.outbox.put_nowait((event, redelivery))
+
+    def announce(self) -> None:
+        self.outbox.put_nowait("assignment")
+
+    def close(self) -> None:
+        self.outbox.put_nowait(None)
+
+    def __repr__(self) -> str:
+        return f"Connection(id={self.id}, client_id={self.client_id!r}, lanes={sorted(self.lanes)})"
+
+
+@dataclass
+class _Group:
+    dispatcher: Dispatcher
+    client_id: str
+    connections: list[Connection] = field(default_factory=list)
+    holders: dict[str, Lane] = field(default_factory=dict)
+    cursors: dict[str, int] = field(default_factory=dict)
+    #: (repository, sequence) → times sent before, for events sent and not yet acknowledged
+    sent: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def redelivery(self, event: WebhookEvent) -> int:
+        key = (event.repository_id, event.sequence)
+        count = self.sent.get(key, -1) + 1
+        self.sent[key] = count
+        return count
+
+    def forget_redeliveries(self, repository_id: str, cursor: int) -> None:
+        for key in [k for k in self.sent if k[0] == repository_id and k[1] <= cursor]:
+            del self.sent[key]
+
+    def release(self, lane: Lane) -> None:
+        """Take a lane away from its connection; its unacknowledged events go to the next holder."""
+        if self.holders.get(lane.repository_id) is lane:
+            del self.holders[lane.repository_id]
+        lane.connection.lanes.pop(lane.repository_id, None)
+        if lane.task is not None:
+            lane.task.cancel()
+        lane.connection.announce()
+        self.rebalance()
+
+    def rebalance(self) -> None:
+        wanted = dict.fromkeys(r for c in self.connections for r in c.wanted)
+        for repository_id in wanted:
+            candidates = [c for c in self.connections if repository_id in c.wanted]
+            target = min(candidates, key=lambda c: len(c.lanes))
+            lane = self.holders.get(repository_id)
+            if lane is None:
+                lane = Lane(self, target, repository_id)
+                self.holders[repository_id] = lane
+                target.lanes[repository_id] = lane
+                lane.start()
+                target.announce()
+            elif not lane.handing_off and len(lane.connection.lanes) - len(target.lanes) >= 2:
+                logger.info(
+                    "client %s: moving repository %s from connection %d to connection %d",
+                    self.client_id, repository_id, lane.connection.id, target.id,
+                )
+                lane.handing_off = True
+                lane.room.set()
+                if not lane.inflight:
+                    self.release(lane)
+                    return
+
+
+class Dispatcher:
+    """Connections of the acknowledged stream, grouped by client id."""
+
+    def __init__(self, store: EventStore, window: int = DEFAULT_WINDOW, window_bytes: int = DEFAULT_WINDOW_BYTES):
+        self.store = store
+        self.window = window
+        self.window_bytes = window_bytes
+        self._groups: dict[str, _Group] = {}
+
+    def connect(self, client_id: str, repository_ids: list[str]) -> Connection:
+        connection = Connection(client_id, repository_ids)
+        group = self._groups.setdefault(client_id, _Group(self, client_id))
+        group.connections.append(connection)
+        logger.info(
+            "client %s: connection %d subscribed to %s (%d connections)",
+            client_id, connection.id, ",".join(connection.wanted), len(group.connections),
+        )
+        group.rebalance()
+        return connection
+
+    async def disconnect(self, connection: Connection) -> None:
+        group = self._groups.get(connection.client_id)
+        if group is None or connection not in group.connections:
+            return
+        group.connections.remove(connection)
+        lanes = list(connection.lanes.values())
+        for lane in lanes:
+            group.holders.pop(lane.repository_id, None)
+        connection.lanes.clear()
+        for lane in lanes:
+            await lane.stop()
+        unacknowledged = sum(len(lane.inflight) for lane in lanes)
+        logger.info(
+            "client %s: connection %d left with %d unacknowledged events (%d connections remain)",
+            connection.client_id, connection.id, unacknowledged, len(group.connections),
+        )
+        if group.connections:
+            group.rebalance()
+        else:
+            del self._groups[connection.client_id]
+
+    async def settle(
+        self, connection: Connection, repository_id: str, sequence: int, failure: tuple[str, int] | None = None
+    ) -> bool:
+        """An acknowledgement, or with ``failure`` (reason, status) a dead letter. False if unknown."""
+        lane = connection.lanes.get(repository_id)
+        if lane is None or sequence not in lane.inflight:
+            logger.warning(
+                "client %s: connection %d settled %s#%d, which it does not hold",
+                connection.client_id, connection.id, repository_id, sequence,
+            )
+            return False
+        if failure is not None:
+            reason, status_code = failure
+            await self.store.add_dead_letter(
+                DeadLetter(
+                    client_id=connection.client_id,
+                    repository_id=repository_id,
+                    sequence=sequence,
+                    delivery_id=lane.inflight[sequence].delivery_id,
+                    reason=reason,
+                    status_code=status_code,
+                    failed_at_ns=time.time_ns(),
+                )
+            )
+            logger.warning(
+                "client %s: dead letter %s#%d (status %d): %s",
+                connection.client_id, repository_id, sequence, status_code, reason,
+            )
+            lane = connection.lanes.get(repository_id)
+            if lane is None:
+                return False
+        return lane.settle(sequence)
+
+    def close(self) -> None:
+        """End every stream (server shutdown)."""
+        for group in self._groups.values():
+            for connection in group.connections:
+                connection.close()
+
+    def connection_count(self) -> int:
+        return sum(len(g.connections) for g in self._groups.values())

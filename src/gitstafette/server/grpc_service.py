@@ -1,0 +1,226 @@
+"""The gRPC side: ``gitstafette.v1.Gitstafette`` (the original RPCs and the acknowledged stream) and ``info.Info``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from gitstafette import __version__
+from gitstafette._proto import gitstafette_info_pb2 as info_pb
+from gitstafette._proto import gitstafette_info_pb2_grpc as info_grpc
+from gitstafette._proto import gitstafette_pb2 as pb
+from gitstafette._proto import gitstafette_pb2_grpc as pb_grpc
+from gitstafette.config import ServerConfig
+from gitstafette.exceptions import StoreError
+from gitstafette.model import event_from_pb, event_to_pb
+from gitstafette.server.dispatch import Connection, Dispatcher
+from gitstafette.server.ingest import Ingest
+from gitstafette.store import EventStore
+
+__all__ = ["GitstafetteService", "InfoService"]
+
+logger = logging.getLogger("gitstafette.server.grpc")
+
+
+class GitstafetteService(pb_grpc.GitstafetteServicer):
+    def __init__(self, config: ServerConfig, store: EventStore, ingest: Ingest, dispatcher: Dispatcher) -> None:
+        self.config = config
+        self.store = store
+        self.ingest = ingest
+        self.dispatcher = dispatcher
+
+    async def _repository(self, spec: str, context: grpc.aio.ServicerContext) -> str:
+        """The repository id a request names, or abort with a status that says what is wrong."""
+        if not spec:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "repository_id is required")
+        repository_id = await self.store.resolve_repository(spec)
+        if repository_id is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"repository {spec} has no events on this server yet")
+        assert repository_id is not None
+        name = "" if spec.isdigit() else spec
+        if not name and not self.config.repositories.watches_id(repository_id):
+            state = await self.store.repository(repository_id)
+            name = state.repository_name if state else ""
+        if not self.config.repositories.watches(repository_id, name):
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"repository {spec} is not watched by this server (watching {self.config.repositories})",
+            )
+        return repository_id
+
+    # ---- the original contract ----------------------------------------------------------------
+
+    async def FetchWebhookEvents(
+        self, request: pb.WebhookEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WebhookEventsResponse]:
+        repository_id = await self._repository(request.repository_id, context)
+        client_id = request.client_id or context.peer()
+        if request.last_received_event_id:
+            after = request.last_received_event_id
+        else:
+            after = await self.store.start_cursor(client_id, repository_id)
+        deadline = time.monotonic() + request.duration_secs if request.duration_secs else None
+        logger.info("FetchWebhookEvents: client %s, repository %s, after %d", client_id, repository_id, after)
+        last_sent = time.monotonic()
+        while not self.store.notifier.closed:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            events = await self.store.read_after(repository_id, after, limit=100)
+            if events:
+                yield pb.WebhookEventsResponse(webhook_events=[event_to_pb(e) for e in events])
+                after = events[-1].sequence
+                last_sent = time.monotonic()
+                # Counts as delivered once sent: the original contract has no acknowledgement.
+                await self.store.set_cursor(client_id, repository_id, after)
+                continue
+            wait = self.config.heartbeat_s - (now - last_sent)
+            if deadline is not None:
+                wait = min(wait, deadline - now)
+            if wait <= 0:
+                yield pb.WebhookEventsResponse()  # heartbeat: keeps proxies from cutting the stream
+                last_sent = time.monotonic()
+                continue
+            await self.store.wait_for_events(repository_id, after, timeout=wait)
+
+    async def WebhookEventPush(
+        self, request: pb.WebhookEventPushRequest, context: grpc.aio.ServicerContext
+    ) -> pb.WebhookEventPushResponse:
+        if not request.repository_id or not request.HasField("webhook_event"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "repository_id and webhook_event are required")
+        event = event_from_pb(request.webhook_event, request.repository_id, time.time_ns())
+        outcome = await self.ingest.store_event(event)
+        return pb.WebhookEventPushResponse(
+            response_code=str(outcome.status_code),
+            response_description=outcome.detail,
+            accepted=outcome.status_code in (201, 204),
+        )
+
+    def _status(self, client_id: str, repository_id: str, count: int, status: str) -> pb.WebhookEventStatusResponse:
+        return pb.WebhookEventStatusResponse(
+            server_id=self.config.server_id, count=count, repository_id=repository_id, status=status
+        )
+
+    async def _statuses(self, client_id: str) -> dict[str, pb.WebhookEventStatusResponse]:
+        """Per repository: events retained, or with a client id, events that client has not acknowledged."""
+        answers = {}
+        for state in await self.store.repositories():
+            if client_id:
+                cursor = state.cursors.get(client_id, state.first_sequence - 1)
+                count = max(0, state.last_sequence - max(cursor, state.first_sequence - 1))
+                status = "OK" if client_id in state.cursors else "NEW_CLIENT"
+            else:
+                count, status = state.event_count, "OK"
+            answers[state.repository_id] = self._status(client_id, state.repository_id, count, status)
+        return answers
+
+    async def WebhookEventStatus(
+        self, request: pb.WebhookEventStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.WebhookEventStatusResponse:
+        repository_id = await self._repository(request.repository_id, context)
+        answer = (await self._statuses(request.client_id)).get(repository_id)
+        return answer or self._status(request.client_id, repository_id, 0, "OK")
+
+    async def WebhookEventStatuses(
+        self, request: pb.WebhookEventStatusesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WebhookEventStatusResponse]:
+        for answer in (await self._statuses(request.client_id)).values():
+            yield answer
+
+    # ---- extension: the acknowledged stream ----------------------------------------------------
+
+    async def StreamWebhookEvents(
+        self, request_iterator: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamResponse]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("kind") != "subscribe":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a Subscribe")
+        assert first is not None
+        subscribe = first.subscribe
+        if not subscribe.client_id or not subscribe.repository_ids:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Subscribe needs a client_id and repository_ids")
+        repository_ids = [await self._repository(spec, context) for spec in subscribe.repository_ids]
+        connection = self.dispatcher.connect(subscribe.client_id, repository_ids)
+        reader = asyncio.create_task(self._read_settlements(request_iterator, connection))
+        heartbeat_s = self.config.heartbeat_s
+        try:
+            while True:
+                try:
+                    item = connection.outbox.get_nowait()
+                except asyncio.QueueEmpty:
+                    try:
+                        item = await asyncio.wait_for(connection.outbox.get(), heartbeat_s)
+                    except TimeoutError:
+                        yield pb.StreamResponse(heartbeat=pb.Heartbeat(server_time_unix_nanos=time.time_ns()))
+                        continue
+                if item is None:
+                    break
+                if isinstance(item, str):
+                    yield pb.StreamResponse(
+                        subscribed=pb.Subscribed(server_id=self.config.server_id, repository_ids=sorted(connection.lanes))
+                    )
+                    continue
+                event, redelivery = item
+                yield pb.StreamResponse(
+                    event=pb.RelayedEvent(
+                        repository_id=event.repository_id,
+                        sequence=event.sequence,
+                        webhook_event=event_to_pb(event),
+                        received_at_unix_nanos=event.received_at_ns,
+                        redelivery=redelivery,
+                    )
+                )
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            await self.dispatcher.disconnect(connection)
+
+    async def _read_settlements(self, request_iterator: AsyncIterator[pb.StreamRequest], connection: Connection) -> None:
+        try:
+            async for request in request_iterator:
+                kind = request.WhichOneof("kind")
+                if kind == "ack":
+                    await self.dispatcher.settle(connection, request.ack.repository_id, request.ack.sequence)
+                elif kind == "failure":
+                    failure = request.failure
+                    await self.dispatcher.settle(
+                        connection, failure.repository_id, failure.sequence, (failure.reason, failure.status_code)
+                    )
+                else:
+                    logger.warning("client %s: ignoring a second %s on one stream", connection.client_id, kind)
+        except (grpc.aio.AioRpcError, StoreError) as exc:
+            logger.info("client %s: connection %d stopped reading: %s", connection.client_id, connection.id, exc)
+        # The client half-closed or went away: end the response stream too.
+        connection.close()
+
+
+class InfoService(info_grpc.InfoServicer):
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+
+    async def GetInfo(self, request: info_pb.GetInfoRequest, context: grpc.aio.ServicerContext) -> info_pb.GetInfoResponse:
+        hostname = socket.gethostname()
+        try:
+            ip = socket.gethostbyname(hostname)
+        except OSError:
+            ip = ""
+        return info_pb.GetInfoResponse(
+            alive=True,
+            instance_type=info_pb.SERVER,
+            version=__version__,
+            name="gitstafette",
+            server=info_pb.ServerInfo(
+                hostname=hostname,
+                ip=ip,
+                port=str(self.config.grpc_port),
+                protocol="grpc",
+                repositories=str(self.config.repositories),
+            ),
+        )

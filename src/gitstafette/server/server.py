@@ -1,0 +1,226 @@
+"""The server process: HTTP and gRPC listeners on one event loop, sharing one store.
+
+Lifecycle: ``startup`` (open the store, bind both ports, start background tasks) → wait for a stop
+(SIGTERM, SIGINT or ``request_stop``) → ``shutdown`` (stop taking requests, let in-flight requests
+finish, end every stream cleanly, close the store), each step bounded by the shutdown grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections.abc import Iterator
+
+import grpc
+import uvicorn
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, Gauge
+
+from gitstafette._proto import gitstafette_info_pb2, gitstafette_info_pb2_grpc, gitstafette_pb2, gitstafette_pb2_grpc
+from gitstafette.config import ServerConfig
+from gitstafette.exceptions import StoreError
+from gitstafette.server.dispatch import Dispatcher
+from gitstafette.server.grpc_service import GitstafetteService, InfoService
+from gitstafette.server.http_app import create_app
+from gitstafette.server.ingest import Ingest
+from gitstafette.store import EventStore, create_store
+
+__all__ = ["Server"]
+
+logger = logging.getLogger("gitstafette.server")
+
+#: How often the store is checked for the gRPC health status.
+HEALTH_INTERVAL_S = 5.0
+#: How often old events are pruned.
+PRUNE_INTERVAL_S = 60.0
+
+_SERVICE_NAMES = (
+    gitstafette_pb2.DESCRIPTOR.services_by_name["Gitstafette"].full_name,
+    gitstafette_info_pb2.DESCRIPTOR.services_by_name["Info"].full_name,
+)
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the gitstafette server owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Server:
+    """One gitstafette server: ``await Server(config).serve()`` runs until stopped."""
+
+    def __init__(self, config: ServerConfig, store: EventStore | None = None) -> None:
+        self.config = config
+        self.store = store or create_store(config.store)
+        self.registry = CollectorRegistry()
+        self.ingest = Ingest(config, self.store, self.registry)
+        self.dispatcher = Dispatcher(self.store)
+        self.health = HealthServicer()
+        self.http_port = config.http_port
+        self.grpc_port = config.grpc_port
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._http: _HttpServer | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._grpc: grpc.aio.Server | None = None
+        Gauge(
+            "gitstafette_streams_connected", "Open acknowledged streams", registry=self.registry
+        ).set_function(lambda: self.dispatcher.connection_count())
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            await self.startup()
+            await self._stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.shutdown()
+
+    def _on_signal(self, sig: int) -> None:
+        logger.info("received %s: shutting down (grace %.0fs)", signal.Signals(sig).name, self.config.shutdown_grace_s)
+        self.request_stop()
+
+    async def startup(self) -> None:
+        config = self.config
+        await self.store.open()
+        self._grpc = self._create_grpc_server()
+        self.grpc_port = self._grpc.add_insecure_port(f"{config.host}:{config.grpc_port}")
+        if self.grpc_port == 0:
+            raise OSError(f"cannot listen for gRPC on {config.host}:{config.grpc_port}")
+        await self._grpc.start()
+
+        sock = _bind(config.host, config.http_port)
+        self.http_port = sock.getsockname()[1]
+        app = create_app(config, self.store, self.ingest, self.registry)
+        self._http = _HttpServer(
+            uvicorn.Config(
+                app,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=int(config.shutdown_grace_s),
+                server_header=False,
+            )
+        )
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="http")
+        while not self._http.started:
+            if self._http_task.done():
+                await self._http_task
+                raise OSError("the HTTP server stopped during startup")
+            await asyncio.sleep(0.01)
+
+        await self._set_health(True)
+        self._tasks = [
+            asyncio.create_task(self._watch_store(), name="health"),
+            asyncio.create_task(self._prune_loop(), name="prune"),
+        ]
+        if config.repositories.everything:
+            logger.warning("watching every repository: set --repositories to accept only yours")
+        logger.info(
+            "gitstafette server %s listening: http=%s:%d grpc=%s:%d store=%s repositories=%s",
+            config.server_id, config.host, self.http_port, config.host, self.grpc_port, self.store.url,
+            config.repositories,
+        )
+
+    def _create_grpc_server(self) -> grpc.aio.Server:
+        size = self.config.grpc_max_message_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", size),
+                ("grpc.max_receive_message_length", size),
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                ("grpc.http2.max_ping_strikes", 0),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        gitstafette_pb2_grpc.add_GitstafetteServicer_to_server(
+            GitstafetteService(self.config, self.store, self.ingest, self.dispatcher), server
+        )
+        gitstafette_info_pb2_grpc.add_InfoServicer_to_server(InfoService(self.config), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (*_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        return server
+
+    async def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *_SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def _watch_store(self) -> None:
+        serving = True
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+            try:
+                await self.store.ping()
+                healthy = True
+            except StoreError as exc:
+                healthy = False
+                if serving:
+                    logger.error("store unreachable, gRPC health NOT_SERVING: %s", exc)
+            if healthy != serving:
+                if healthy:
+                    logger.info("store reachable again, gRPC health SERVING")
+                await self._set_health(healthy)
+                serving = healthy
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(PRUNE_INTERVAL_S, max(1.0, self.config.retention_s / 10)))
+            try:
+                pruned = await self.store.prune(time.time_ns(), self.config.retention_s, self.config.max_event_age_s)
+            except StoreError as exc:
+                logger.warning("pruning failed: %s", exc)
+                continue
+            if pruned:
+                logger.info("pruned %d events past retention", pruned)
+
+    async def shutdown(self) -> None:
+        grace = self.config.shutdown_grace_s
+        for task in self._tasks:
+            task.cancel()
+        # 1. No new webhooks; in-flight requests finish (uvicorn waits up to the grace).
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            try:
+                await asyncio.wait_for(self._http_task, grace + 1)
+            except (TimeoutError, asyncio.CancelledError):
+                self._http.force_exit = True
+        # 2. Streams end cleanly: the acknowledged ones get end-of-stream, legacy ones wake and return.
+        await self._set_health(False)
+        self.dispatcher.close()
+        self.store.notifier.close()
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        # 3. Pending writes are committed, then the store is closed.
+        await self.store.aclose()
+        logger.info("gitstafette server stopped")

@@ -1,0 +1,16 @@
+"""Event stores. ``create_store`` picks the backend from the configured URL's scheme."""
+
+from __future__ import annotations
+
+from gitstafette.config import StoreConfig
+from gitstafette.store.base import AppendResult, EventStore
+from gitstafette.store.memory import MemoryStore
+from gitstafette.store.sqlite_store import SQLiteStore
+
+__all__ = ["AppendResult", "EventStore", "MemoryStore", "SQLiteStore", "create_store"]
+
+
+def create_store(config: StoreConfig) -> EventStore:
+    if config.scheme == "memory":
+        return MemoryStore()
+    return SQLiteStore(config.path)

@@ -1,0 +1,190 @@
+"""The store interface every backend implements, and the in-process wake-up used by the embedded ones."""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from types import TracebackType
+from typing import NamedTuple
+
+from gitstafette.model import DeadLetter, RepositoryState, WebhookEvent
+
+__all__ = ["AppendResult", "EventStore", "SequenceNotifier"]
+
+
+class AppendResult(NamedTuple):
+    #: the stored event, with its sequence (for a duplicate: the sequence it was first stored with)
+    event: WebhookEvent
+    #: False when the delivery was already stored
+    created: bool
+
+
+class SequenceNotifier:
+    """Wakes the readers of a repository as soon as an event is stored: no polling timer.
+
+    Each repository has a latest sequence and an ``asyncio.Event`` that is set and replaced whenever the
+    sequence grows, so every waiter of that moment wakes up once.
+    """
+
+    def __init__(self) -> None:
+        self._latest: dict[str, int] = {}
+        self._events: dict[str, asyncio.Event] = {}
+        self._any = asyncio.Event()
+        self.closed = False
+
+    def close(self) -> None:
+        """Wake every waiter for good: the store is shutting down."""
+        self.closed = True
+        for event in self._events.values():
+            event.set()
+        self._events.clear()
+        self._any.set()
+
+    def latest(self, repository_id: str) -> int:
+        return self._latest.get(repository_id, 0)
+
+    def advance(self, repository_id: str, sequence: int) -> None:
+        if sequence <= self._latest.get(repository_id, 0):
+            return
+        self._latest[repository_id] = sequence
+        event = self._events.pop(repository_id, None)
+        if event is not None:
+            event.set()
+        self._any.set()
+        self._any = asyncio.Event()
+
+    async def wait_beyond(self, repository_id: str, sequence: int, timeout: float | None) -> bool:
+        """Wait until the repository has an event after ``sequence``; False on timeout."""
+        if self._latest.get(repository_id, 0) > sequence or self.closed:
+            return self._latest.get(repository_id, 0) > sequence
+        event = self._events.get(repository_id)
+        if event is None:
+            event = self._events[repository_id] = asyncio.Event()
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return self._latest.get(repository_id, 0) > sequence
+        return True
+
+    async def wait_any(self, timeout: float | None) -> bool:
+        """Wait until any repository gets an event; False on timeout."""
+        if self.closed:
+            return False
+        try:
+            await asyncio.wait_for(self._any.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+class EventStore(ABC):
+    """Events per repository, each with an increasing sequence, plus per-client cursors and dead letters.
+
+    A cursor is the highest sequence a client id has acknowledged for a repository; it only grows.
+    Use as ``async with store:`` or call ``open()`` and ``aclose()``.
+    """
+
+    url: str = ""
+
+    def __init__(self) -> None:
+        self.notifier = SequenceNotifier()
+
+    async def open(self) -> None:
+        """Connect, create the schema if needed and load what the notifier must know."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Finish pending writes and release every resource."""
+
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` when the store cannot serve requests."""
+
+    @abstractmethod
+    async def append(self, event: WebhookEvent) -> AppendResult:
+        """Store ``event`` once per (repository, delivery id) and give it the next sequence.
+
+        Returns only after the event is durable: a 201 may be sent then.
+        """
+
+    @abstractmethod
+    async def read_after(self, repository_id: str, after_sequence: int, limit: int = 100) -> list[WebhookEvent]:
+        """Up to ``limit`` events of a repository with a sequence above ``after_sequence``, in order."""
+
+    @abstractmethod
+    async def get_cursor(self, client_id: str, repository_id: str) -> int | None:
+        """The highest sequence ``client_id`` acknowledged, or None for a client id never seen."""
+
+    @abstractmethod
+    async def set_cursor(self, client_id: str, repository_id: str, sequence: int) -> None:
+        """Record that ``client_id`` is done with every event up to ``sequence`` (never moves back)."""
+
+    @abstractmethod
+    async def add_dead_letter(self, letter: DeadLetter) -> None:
+        """Record an event that a client gave up delivering."""
+
+    @abstractmethod
+    async def dead_letters(self, repository_id: str | None = None) -> list[DeadLetter]:
+        """Dead letters, oldest first, of one repository or all."""
+
+    @abstractmethod
+    async def repositories(self) -> list[RepositoryState]:
+        """Every repository the store holds events or cursors for."""
+
+    @abstractmethod
+    async def prune(self, now_ns: int, retention_s: float, max_age_s: float) -> int:
+        """Delete events acknowledged by every known client and older than ``retention_s``, and any event
+        older than ``max_age_s``. Returns how many were deleted."""
+
+    async def repository(self, repository_id: str) -> RepositoryState | None:
+        for state in await self.repositories():
+            if state.repository_id == repository_id:
+                return state
+        return None
+
+    async def resolve_repository(self, spec: str) -> str | None:
+        """A repository id for ``spec`` (an id, or owner/name seen in a stored event)."""
+        if spec.isdigit():
+            return spec
+        lower = spec.lower()
+        for state in await self.repositories():
+            if state.repository_name.lower() == lower:
+                return state.repository_id
+        return None
+
+    async def start_cursor(self, client_id: str, repository_id: str) -> int:
+        """Where a client id resumes: after its cursor, or before the oldest retained event when new."""
+        cursor = await self.get_cursor(client_id, repository_id)
+        if cursor is not None:
+            return cursor
+        state = await self.repository(repository_id)
+        return state.first_sequence - 1 if state and state.event_count else self.notifier.latest(repository_id)
+
+    async def wait_for_events(self, repository_id: str, after_sequence: int, timeout: float | None) -> bool:
+        """Wait until the repository has an event after ``after_sequence``; False on timeout."""
+        return await self.notifier.wait_beyond(repository_id, after_sequence, timeout)
+
+    async def __aenter__(self) -> EventStore:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+
+def prunable(
+    received_at_ns: int, sequence: int, cursors: list[int], now_ns: int, retention_s: float, max_age_s: float
+) -> bool:
+    """Whether an event may go: too old, or acknowledged by every known client and past retention.
+
+    An event no client has subscribed for yet is kept until ``max_age_s``: a client that arrives later
+    starts at the oldest retained event and must still find it.
+    """
+    age_s = (now_ns - received_at_ns) / 1e9
+    if age_s > max_age_s:
+        return True
+    return age_s > retention_s and bool(cursors) and min(cursors) >= sequence

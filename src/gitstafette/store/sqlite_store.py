@@ -1,0 +1,370 @@
+"""The embedded default store: one SQLite file in WAL mode.
+
+Every write goes through one writer thread that commits whatever is queued in one transaction (group
+commit): under load a single fsync makes a whole group of webhooks durable, and ``append`` returns only
+after the commit that holds its event, so a 201 is never sent for an event a crash could lose.
+Reads use their own connections (WAL lets them run beside the writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gitstafette.exceptions import StoreError, StoreUnavailable
+from gitstafette.model import DeadLetter, RepositoryState, WebhookEvent
+from gitstafette.store.base import AppendResult, EventStore, prunable
+
+__all__ = ["SQLiteStore"]
+
+logger = logging.getLogger("gitstafette.store.sqlite")
+
+T = TypeVar("T")
+
+#: Largest number of queued writes committed in one transaction.
+MAX_GROUP = 512
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS repositories (
+    repository_id   TEXT PRIMARY KEY,
+    repository_name TEXT NOT NULL DEFAULT '',
+    last_sequence   INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS events (
+    repository_id   TEXT NOT NULL,
+    sequence        INTEGER NOT NULL,
+    delivery_id     TEXT NOT NULL,
+    event_type      TEXT NOT NULL,
+    repository_name TEXT NOT NULL,
+    received_at_ns  INTEGER NOT NULL,
+    headers         TEXT NOT NULL,
+    body            BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_sequence ON events (repository_id, sequence);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_delivery ON events (repository_id, delivery_id);
+CREATE TABLE IF NOT EXISTS cursors (
+    client_id     TEXT NOT NULL,
+    repository_id TEXT NOT NULL,
+    sequence      INTEGER NOT NULL,
+    PRIMARY KEY (client_id, repository_id)
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    client_id     TEXT NOT NULL,
+    repository_id TEXT NOT NULL,
+    sequence      INTEGER NOT NULL,
+    delivery_id   TEXT NOT NULL,
+    reason        TEXT NOT NULL,
+    status_code   INTEGER NOT NULL,
+    failed_at_ns  INTEGER NOT NULL,
+    PRIMARY KEY (client_id, repository_id, sequence)
+);
+"""
+
+_EVENT_COLUMNS = "repository_id, sequence, delivery_id, event_type, repository_name, received_at_ns, headers, body"
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    connection.execute("PRAGMA journal_mode=WAL")
+    # FULL: each commit is fsynced, so a 201 survives a power cut too; group commit keeps that cheap.
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("PRAGMA busy_timeout=30000")
+    return connection
+
+
+def _row_to_event(row: tuple[Any, ...]) -> WebhookEvent:
+    repository_id, sequence, delivery_id, event_type, name, received_at_ns, headers, body = row
+    return WebhookEvent(
+        repository_id=repository_id,
+        delivery_id=delivery_id,
+        event_type=event_type,
+        body=bytes(body),
+        headers=tuple((k, v) for k, v in json.loads(headers)),
+        received_at_ns=received_at_ns,
+        repository_name=name,
+        sequence=sequence,
+    )
+
+
+class _Write:
+    """One queued write: a function of the writer's connection, and where its result goes."""
+
+    __slots__ = ("function", "future", "loop")
+
+    def __init__(self, function: Callable[[sqlite3.Connection], Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.function = function
+        self.loop = loop
+        self.future: asyncio.Future[Any] = loop.create_future()
+
+    def resolve(self, result: Any, error: BaseException | None) -> None:
+        def settle() -> None:
+            if self.future.done():
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)
+
+        self.loop.call_soon_threadsafe(settle)
+
+
+class SQLiteStore(EventStore):
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        self._writes: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gitstafette-sqlite-read")
+        self._local = threading.local()
+        # Owned by the writer thread once it runs.
+        self._last_sequence: dict[str, int] = {}
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            connection = _connect(self.path)
+            connection.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite store {self.path}: {exc}") from exc
+        rows = connection.execute("SELECT repository_id, last_sequence FROM repositories").fetchall()
+        self._last_sequence = {repository_id: last for repository_id, last in rows}
+        for repository_id, last in rows:
+            self.notifier.advance(repository_id, last)
+        self._writer = threading.Thread(
+            target=self._write_loop, args=(connection,), name="gitstafette-sqlite-write", daemon=True
+        )
+        self._writer.start()
+        logger.info("SQLite store %s open (%d repositories)", self.path, len(rows))
+
+    async def aclose(self) -> None:
+        if self._writer is not None:
+            self._writes.put(None)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        self._readers.shutdown(wait=True)
+
+    async def ping(self) -> None:
+        if self._writer is None or not self._writer.is_alive():
+            raise StoreUnavailable("SQLite writer is not running")
+        await self._read(lambda c: c.execute("SELECT 1").fetchone())
+
+    # ---- writes ----------------------------------------------------------------------------------
+
+    def _write_loop(self, connection: sqlite3.Connection) -> None:
+        while True:
+            first = self._writes.get()
+            if first is None:
+                break
+            group = [first]
+            stop = False
+            while len(group) < MAX_GROUP:
+                try:
+                    item = self._writes.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                group.append(item)
+            self._commit(connection, group)
+            if stop:
+                break
+        connection.close()
+
+    def _commit(self, connection: sqlite3.Connection, group: list[_Write]) -> None:
+        results: list[Any] = []
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            for write in group:
+                results.append(write.function(connection))
+            connection.execute("COMMIT")
+        except Exception as exc:  # the writer thread must survive any failure of one group
+            logger.error("SQLite commit of %d writes failed: %s", len(group), exc)
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            rows = connection.execute("SELECT repository_id, last_sequence FROM repositories").fetchall()
+            self._last_sequence = dict(rows)
+            error = StoreError(f"SQLite write failed: {exc}")
+            for write in group:
+                write.resolve(None, error)
+            return
+        for write, result in zip(group, results, strict=True):
+            write.resolve(result, None)
+
+    async def _write(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        if self._writer is None:
+            raise StoreUnavailable("SQLite store is not open")
+        write = _Write(function, asyncio.get_running_loop())
+        self._writes.put(write)
+        result: T = await write.future
+        return result
+
+    def _append_in_writer(self, connection: sqlite3.Connection, event: WebhookEvent) -> AppendResult:
+        existing = connection.execute(
+            "SELECT sequence FROM events WHERE repository_id = ? AND delivery_id = ?",
+            (event.repository_id, event.delivery_id),
+        ).fetchone()
+        if existing is not None:
+            return AppendResult(event.with_sequence(existing[0]), created=False)
+        sequence = self._last_sequence.get(event.repository_id, 0) + 1
+        connection.execute(
+            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event.repository_id,
+                sequence,
+                event.delivery_id,
+                event.event_type,
+                event.repository_name,
+                event.received_at_ns,
+                json.dumps(event.headers),
+                event.body,
+            ),
+        )
+        connection.execute(
+            "INSERT INTO repositories (repository_id, repository_name, last_sequence) VALUES (?, ?, ?) "
+            "ON CONFLICT (repository_id) DO UPDATE SET last_sequence = excluded.last_sequence, "
+            "repository_name = CASE WHEN excluded.repository_name = '' THEN repository_name "
+            "ELSE excluded.repository_name END",
+            (event.repository_id, event.repository_name, sequence),
+        )
+        self._last_sequence[event.repository_id] = sequence
+        return AppendResult(event.with_sequence(sequence), created=True)
+
+    async def append(self, event: WebhookEvent) -> AppendResult:
+        result = await self._write(lambda c: self._append_in_writer(c, event))
+        if result.created:
+            self.notifier.advance(event.repository_id, result.event.sequence)
+        return result
+
+    async def set_cursor(self, client_id: str, repository_id: str, sequence: int) -> None:
+        def write(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "INSERT INTO cursors (client_id, repository_id, sequence) VALUES (?, ?, ?) "
+                "ON CONFLICT (client_id, repository_id) DO UPDATE SET sequence = MAX(sequence, excluded.sequence)",
+                (client_id, repository_id, sequence),
+            )
+            connection.execute(
+                "INSERT INTO repositories (repository_id) VALUES (?) ON CONFLICT DO NOTHING", (repository_id,)
+            )
+
+        await self._write(write)
+
+    async def add_dead_letter(self, letter: DeadLetter) -> None:
+        def write(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    letter.client_id,
+                    letter.repository_id,
+                    letter.sequence,
+                    letter.delivery_id,
+                    letter.reason,
+                    letter.status_code,
+                    letter.failed_at_ns,
+                ),
+            )
+
+        await self._write(write)
+
+    async def prune(self, now_ns: int, retention_s: float, max_age_s: float) -> int:
+        def write(connection: sqlite3.Connection) -> int:
+            pruned = 0
+            repositories = [r for (r,) in connection.execute("SELECT repository_id FROM repositories")]
+            for repository_id in repositories:
+                cursors = [
+                    s for (s,) in connection.execute("SELECT sequence FROM cursors WHERE repository_id = ?", (repository_id,))
+                ]
+                rows = connection.execute(
+                    "SELECT sequence, received_at_ns FROM events WHERE repository_id = ? ORDER BY sequence",
+                    (repository_id,),
+                )
+                # Only a prefix may go, so that the retained sequences stay dense.
+                upto = 0
+                for sequence, received_at_ns in rows:
+                    if not prunable(received_at_ns, sequence, cursors, now_ns, retention_s, max_age_s):
+                        break
+                    upto = sequence
+                if upto:
+                    cursor = connection.execute(
+                        "DELETE FROM events WHERE repository_id = ? AND sequence <= ?", (repository_id, upto)
+                    )
+                    pruned += cursor.rowcount
+            return pruned
+
+        return await self._write(write)
+
+    # ---- reads -----------------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = _connect(self.path)
+        return connection
+
+    async def _read(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._readers, lambda: function(self._reader()))
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
+
+    async def read_after(self, repository_id: str, after_sequence: int, limit: int = 100) -> list[WebhookEvent]:
+        if self.notifier.latest(repository_id) <= after_sequence:
+            return []
+        rows = await self._read(
+            lambda c: c.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE repository_id = ? AND sequence > ? "
+                "ORDER BY sequence LIMIT ?",
+                (repository_id, after_sequence, limit),
+            ).fetchall()
+        )
+        return [_row_to_event(row) for row in rows]
+
+    async def get_cursor(self, client_id: str, repository_id: str) -> int | None:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT sequence FROM cursors WHERE client_id = ? AND repository_id = ?", (client_id, repository_id)
+            ).fetchone()
+        )
+        return None if row is None else int(row[0])
+
+    async def dead_letters(self, repository_id: str | None = None) -> list[DeadLetter]:
+        query = "SELECT * FROM dead_letters"
+        params: tuple[str, ...] = ()
+        if repository_id is not None:
+            query += " WHERE repository_id = ?"
+            params = (repository_id,)
+        rows = await self._read(lambda c: c.execute(query + " ORDER BY failed_at_ns", params).fetchall())
+        return [DeadLetter(*row) for row in rows]
+
+    async def repositories(self) -> list[RepositoryState]:
+        def read(connection: sqlite3.Connection) -> list[RepositoryState]:
+            stats = {
+                r: (n, first)
+                for r, n, first in connection.execute(
+                    "SELECT repository_id, COUNT(*), MIN(sequence) FROM events GROUP BY repository_id"
+                )
+            }
+            cursors: dict[str, dict[str, int]] = {}
+            for client_id, repository_id, sequence in connection.execute("SELECT * FROM cursors"):
+                cursors.setdefault(repository_id, {})[client_id] = sequence
+            states = []
+            for repository_id, name, last in connection.execute(
+                "SELECT repository_id, repository_name, last_sequence FROM repositories ORDER BY repository_id"
+            ):
+                count, first = stats.get(repository_id, (0, last + 1))
+                states.append(RepositoryState(repository_id, name, count, first, last, cursors.get(repository_id, {})))
+            return states
+
+        return await self._read(read)

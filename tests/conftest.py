@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.utils import ServerProcess, running_server
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A real server process with a SQLite store in a temporary folder, watching every repository."""
+    with running_server("--store", f"sqlite:///{tmp_path / 'events.db'}") as process:
+        yield process

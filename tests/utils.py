@@ -1,0 +1,147 @@
+"""Real processes on free loopback ports, and GitHub-shaped requests, for the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT.parent / "shared" / "fixtures" / "github"
+if not FIXTURES.is_dir():  # a checkout elsewhere: GITSTAFETTE_FIXTURES points at shared/fixtures/github
+    FIXTURES = Path(os.environ.get("GITSTAFETTE_FIXTURES", FIXTURES))
+
+_LISTENING = re.compile(r"listening: http=\S+:(\d+) grpc=\S+:(\d+)")
+
+
+def fixture_files() -> list[Path]:
+    files = sorted(FIXTURES.glob("*.json"))
+    assert files, f"no GitHub fixtures in {FIXTURES}"
+    return files
+
+
+def github_request(path: Path, delivery_id: str | None = None) -> tuple[dict[str, str], bytes, str]:
+    """Headers and body as GitHub sends the fixture ``path``; returns (headers, body, repository id)."""
+    body = path.read_bytes()
+    payload = json.loads(body)
+    event = path.name.split(".")[0]
+    headers = {
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery_id or str(uuid.uuid4()),
+        "X-GitHub-Hook-ID": "292430182",
+        "User-Agent": "GitHub-Hookshot/044aadd",
+        "Content-Type": "application/json",
+    }
+    repository = payload.get("repository")
+    if repository:
+        headers["X-GitHub-Hook-Installation-Target-Type"] = "repository"
+        headers["X-GitHub-Hook-Installation-Target-ID"] = str(repository["id"])
+        return headers, body, str(repository["id"])
+    headers["X-GitHub-Hook-Installation-Target-Type"] = "organization"
+    return headers, body, ""
+
+
+class ServerProcess:
+    """``gitstafette server`` as a child process on ports it chose itself (port 0, read from its log)."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.lines: list[str] = []
+        self.process: subprocess.Popen[str] | None = None
+        self.http_port = 0
+        self.grpc_port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self, timeout: float = 30) -> ServerProcess:
+        command = [sys.executable, "-m", "gitstafette", "server", "--host", "127.0.0.1"]
+        if "--http-port" not in self.args:
+            command += ["--http-port", "0"]
+        if "--grpc-port" not in self.args:
+            command += ["--grpc-port", "0"]
+        self.lines = []
+        self.process = subprocess.Popen(
+            [*command, *self.args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=self.env
+        )
+        started = threading.Event()
+        self._drainer = threading.Thread(target=self._drain, args=(self.process, started), daemon=True)
+        self._drainer.start()
+        if not started.wait(timeout):
+            self.kill()
+            raise RuntimeError("server did not start:\n" + "".join(self.lines))
+        if not self.http_port:
+            raise RuntimeError("server exited during startup:\n" + "".join(self.lines))
+        return self
+
+    def _drain(self, process: subprocess.Popen[str], started: threading.Event) -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            self.lines.append(line)
+            match = _LISTENING.search(line)
+            if match:
+                self.http_port, self.grpc_port = int(match.group(1)), int(match.group(2))
+                started.set()
+        started.set()
+        process.stderr.close()
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout)
+        self._drainer.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        if self.process is not None:
+            self._drainer.join(5)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_ready(self, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError("server not ready")
+
+
+@contextmanager
+def running_server(*args: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    server = ServerProcess(*args, env=env).start()
+    try:
+        yield server
+    finally:
+        if server.alive():
+            try:
+                server.stop(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
