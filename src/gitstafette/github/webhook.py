@@ -73,7 +73,10 @@ def parse_webhook(
 def _payload(headers: Mapping[str, str], body: bytes) -> Any:
     """The JSON payload, sent as JSON or as the ``payload`` field of a form."""
     if headers.get("content-type", "").split(";")[0].strip().lower() == _FORM:
-        fields = parse_qs(body.decode("latin-1"), max_num_fields=64)
+        try:
+            fields = parse_qs(body.decode("latin-1"), max_num_fields=64)
+        except ValueError as exc:  # more fields than max_num_fields
+            raise WebhookRejected(400, f"form-encoded webhook not understood: {exc}") from exc
         if "payload" not in fields:
             raise WebhookRejected(400, "form-encoded webhook without a payload field")
         text: str | bytes = fields["payload"][0]

@@ -204,6 +204,8 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
 class InfoService(info_grpc.InfoServicer):
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        #: the port actually bound (the configured one may be 0)
+        self.grpc_port = config.grpc_port
 
     async def GetInfo(self, request: info_pb.GetInfoRequest, context: grpc.aio.ServicerContext) -> info_pb.GetInfoResponse:
         hostname = socket.gethostname()
@@ -219,7 +221,7 @@ class InfoService(info_grpc.InfoServicer):
             server=info_pb.ServerInfo(
                 hostname=hostname,
                 ip=ip,
-                port=str(self.config.grpc_port),
+                port=str(self.grpc_port),
                 protocol="grpc",
                 repositories=str(self.config.repositories),
             ),

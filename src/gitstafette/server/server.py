@@ -81,6 +81,7 @@ class Server:
         self._http: _HttpServer | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._grpc: grpc.aio.Server | None = None
+        self._info = InfoService(config)
         Gauge(
             "gitstafette_streams_connected", "Open acknowledged streams", registry=self.registry
         ).set_function(lambda: self.dispatcher.connection_count())
@@ -111,6 +112,7 @@ class Server:
         self.grpc_port = self._grpc.add_insecure_port(f"{config.host}:{config.grpc_port}")
         if self.grpc_port == 0:
             raise OSError(f"cannot listen for gRPC on {config.host}:{config.grpc_port}")
+        self._info.grpc_port = self.grpc_port
         await self._grpc.start()
 
         sock = _bind(config.host, config.http_port)
@@ -163,7 +165,7 @@ class Server:
         gitstafette_pb2_grpc.add_GitstafetteServicer_to_server(
             GitstafetteService(self.config, self.store, self.ingest, self.dispatcher), server
         )
-        gitstafette_info_pb2_grpc.add_InfoServicer_to_server(InfoService(self.config), server)
+        gitstafette_info_pb2_grpc.add_InfoServicer_to_server(self._info, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (*_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

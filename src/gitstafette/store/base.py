@@ -55,16 +55,18 @@ class SequenceNotifier:
 
     async def wait_beyond(self, repository_id: str, sequence: int, timeout: float | None) -> bool:
         """Wait until the repository has an event after ``sequence``; False on timeout."""
-        if self._latest.get(repository_id, 0) > sequence or self.closed:
-            return self._latest.get(repository_id, 0) > sequence
-        event = self._events.get(repository_id)
-        if event is None:
-            event = self._events[repository_id] = asyncio.Event()
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            return self._latest.get(repository_id, 0) > sequence
-        return True
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        # A wake-up only says the sequence grew: it may still be at or below ``sequence``.
+        while self._latest.get(repository_id, 0) <= sequence and not self.closed:
+            event = self._events.get(repository_id)
+            if event is None:
+                event = self._events[repository_id] = asyncio.Event()
+            try:
+                await asyncio.wait_for(event.wait(), None if deadline is None else max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                break
+        return self._latest.get(repository_id, 0) > sequence
 
     async def wait_any(self, timeout: float | None) -> bool:
         """Wait until any repository gets an event; False on timeout."""

@@ -1,0 +1,160 @@
+"""The acknowledged stream: at-least-once, fan-out between client ids, shared work within one."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import httpx
+import pytest
+
+from tests.grpc_clients import AckStream
+from tests.utils import FIXTURES, ServerProcess, github_request
+
+PUSH = FIXTURES / "push.0.json"
+
+
+async def post(server: ServerProcess, repository_id: str = "186853002", count: int = 1) -> list[str]:
+    """Post ``count`` push webhooks for ``repository_id``; their delivery ids, in order."""
+    delivered = []
+    async with httpx.AsyncClient() as http:
+        for _ in range(count):
+            headers, body, _ = github_request(PUSH)
+            headers["X-GitHub-Hook-Installation-Target-ID"] = repository_id
+            response = await http.post(f"{server.url}/v1/github/", headers=headers, content=body)
+            assert response.status_code == 201, response.text
+            delivered.append(headers["X-GitHub-Delivery"])
+    return delivered
+
+
+async def test_unacknowledged_events_are_sent_again_after_reconnect(server: ServerProcess) -> None:
+    ids = await post(server, count=3)
+    async with AckStream(server.grpc_target, "ci", ["186853002"]) as stream:
+        events = [await stream.next_event() for _ in ids]
+        assert [e.webhook_event.event_id for e in events if e] == ids
+        assert [e.sequence for e in events if e] == [1, 2, 3]
+        assert events[0] is not None
+        await stream.ack(events[0])
+        # Wait until the server has taken the ack: a status request sees the cursor move.
+        await _until_pending(server, "ci", 2)
+
+    async with AckStream(server.grpc_target, "ci", ["186853002"]) as stream:
+        again = [await stream.next_event() for _ in range(2)]
+        assert [e.webhook_event.event_id for e in again if e] == ids[1:]
+        for event in again:
+            assert event is not None
+            await stream.ack(event)
+        await _until_pending(server, "ci", 0)
+
+    # Everything acknowledged: the next stream starts with the next new event.
+    async with AckStream(server.grpc_target, "ci", ["186853002"]) as stream:
+        fresh = await post(server)
+        event = await stream.next_event()
+        assert event is not None and event.webhook_event.event_id == fresh[0]
+
+
+async def _until_pending(server: ServerProcess, client_id: str, pending: int) -> None:
+    from gitstafette._proto import gitstafette_pb2 as pb
+    from gitstafette._proto import gitstafette_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+        stub = pb_grpc.GitstafetteStub(channel)
+        for _ in range(200):
+            status = await stub.WebhookEventStatus(
+                pb.WebhookEventStatusRequest(client_id=client_id, repository_id="186853002")
+            )
+            if status.count == pending:
+                return
+            await asyncio.sleep(0.02)
+    raise AssertionError(f"{client_id} still has {status.count} pending, expected {pending}")
+
+
+async def test_every_client_id_gets_every_event(server: ServerProcess) -> None:
+    async with (
+        AckStream(server.grpc_target, "jenkins", ["186853002"]) as jenkins,
+        AckStream(server.grpc_target, "tekton", ["186853002"]) as tekton,
+    ):
+        ids = await post(server, count=5)
+        for stream in (jenkins, tekton):
+            got = []
+            for _ in ids:
+                event = await stream.next_event()
+                assert event is not None
+                got.append(event.webhook_event.event_id)
+                await stream.ack(event)
+            assert got == ids
+
+
+async def test_connections_of_one_client_id_split_the_work(server: ServerProcess) -> None:
+    repositories = ["101", "102", "103", "104"]
+    async with (
+        AckStream(server.grpc_target, "shared", repositories) as first,
+        AckStream(server.grpc_target, "shared", repositories) as second,
+    ):
+        posted: dict[str, list[str]] = {}
+        for repository_id in repositories:
+            posted[repository_id] = await post(server, repository_id, count=5)
+        received: dict[int, list[tuple[str, str]]] = {0: [], 1: []}
+        total = sum(len(ids) for ids in posted.values())
+
+        async def drain(index: int, stream: AckStream) -> None:
+            while sum(len(v) for v in received.values()) < total:
+                event = await stream.next_event(timeout=0.5)
+                if event is None:
+                    continue
+                received[index].append((event.repository_id, event.webhook_event.event_id))
+                await stream.ack(event)
+
+        await asyncio.wait_for(asyncio.gather(drain(0, first), drain(1, second)), 30)
+
+    everything = received[0] + received[1]
+    assert len(everything) == total, "an event was sent twice"
+    for repository_id, ids in posted.items():
+        assert sorted(d for r, d in everything if r == repository_id) == sorted(ids)
+        # One connection serves a repository, in order.
+        holders = [i for i in (0, 1) if any(r == repository_id for r, _ in received[i])]
+        assert len(holders) == 1
+        assert [d for r, d in received[holders[0]] if r == repository_id] == ids
+    assert received[0] and received[1], "one connection did all the work"
+
+
+async def test_a_connection_that_leaves_hands_its_unacknowledged_events_over(server: ServerProcess) -> None:
+    async with AckStream(server.grpc_target, "pair", ["186853002"]) as first:
+        ids = await post(server, count=3)
+        event = await first.next_event()
+        assert event is not None
+        await first.ack(event)
+        async with AckStream(server.grpc_target, "pair", ["186853002"]) as second:
+            # The first connection holds the repository; the second gets nothing while it does.
+            assert await second.next_event(timeout=0.5) is None
+            await _until_pending(server, "pair", 2)
+            await first.close()
+            taken = [await second.next_event() for _ in range(2)]
+            assert [e.webhook_event.event_id for e in taken if e] == ids[1:]
+            assert all(e is not None and e.redelivery == 1 for e in taken)
+
+
+async def test_failure_records_a_dead_letter_and_moves_on(server: ServerProcess) -> None:
+    ids = await post(server, count=2)
+    async with AckStream(server.grpc_target, "strict", ["186853002"]) as stream:
+        first = await stream.next_event()
+        second = await stream.next_event()
+        assert first is not None and second is not None
+        await stream.fail(first, "target answered 400", 400)
+        await stream.ack(second)
+        await _until_pending(server, "strict", 0)
+    listed = httpx.get(f"{server.url}/v1/events/186853002").json()["events"]
+    states = {e["delivery_id"]: e["clients"]["strict"] for e in listed}
+    assert states[ids[0]] == {"state": "dead-letter", "reason": "target answered 400", "status_code": 400}
+    assert states[ids[1]] == {"state": "acknowledged"}
+
+
+async def test_subscribing_to_an_unwatched_repository_is_refused(tmp_path: pytest.TempPathFactory) -> None:
+    from tests.utils import running_server
+
+    with running_server("--store", "memory://", "--repositories", "186853002") as server:
+        async with AckStream(server.grpc_target, "ci", ["999"]) as stream:
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await stream.next_event()
+            assert error.value.code() == grpc.StatusCode.NOT_FOUND
+            assert "not watched" in (error.value.details() or "")
