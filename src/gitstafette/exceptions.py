@@ -1,10 +1,10 @@
 """Errors raised by gitstafette.
 
-    GitstafetteError
-    ├── ConfigError            bad flag, environment variable or URL
-    ├── WebhookRejected        a webhook request that must be refused (carries the HTTP status)
-    └── StoreError             the store failed
-        └── StoreUnavailable   the store cannot be reached right now (retry later)
+GitstafetteError
+├── ConfigError            bad flag, environment variable or URL
+├── WebhookRejected        a webhook request that must be refused (carries the HTTP status)
+└── StoreError             the store failed
+    └── StoreUnavailable   the store cannot be reached right now (retry later)
 """
 
 from __future__ import annotations

@@ -55,8 +55,16 @@ def test_fetch_streams_every_event_byte_for_byte(server: ServerProcess, stock_di
     # Events stored before the stream opened and events posted while it is open both arrive.
     process = subprocess.Popen(
         [
-            sys.executable, str(PROTO_DIR / "stock_client.py"), str(stock_dir), server.grpc_target,
-            "fetch", "stock-1", "186853002", str(len(requests)), "0", "0",
+            sys.executable,
+            str(PROTO_DIR / "stock_client.py"),
+            str(stock_dir),
+            server.grpc_target,
+            "fetch",
+            "stock-1",
+            "186853002",
+            str(len(requests)),
+            "0",
+            "0",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -67,7 +67,10 @@ class Lane:
         after = group.cursors[repository_id]
         logger.info(
             "client %s: connection %d serves repository %s from sequence %d",
-            group.client_id, self.connection.id, repository_id, after + 1,
+            group.client_id,
+            self.connection.id,
+            repository_id,
+            after + 1,
         )
         while not store.notifier.closed:
             room = window - len(self.inflight)
@@ -127,7 +130,9 @@ class Lane:
             try:
                 await store.set_cursor(self.group.client_id, self.repository_id, cursor)
             except Exception:
-                logger.exception("client %s: cannot save cursor %d of %s", self.group.client_id, cursor, self.repository_id)
+                logger.exception(
+                    "client %s: cannot save cursor %d of %s", self.group.client_id, cursor, self.repository_id
+                )
             if not self._persist_again:
                 return
 
@@ -213,7 +218,10 @@ class _Group:
             elif not lane.handing_off and len(lane.connection.lanes) - len(target.lanes) >= 2:
                 logger.info(
                     "client %s: moving repository %s from connection %d to connection %d",
-                    self.client_id, repository_id, lane.connection.id, target.id,
+                    self.client_id,
+                    repository_id,
+                    lane.connection.id,
+                    target.id,
                 )
                 lane.handing_off = True
                 lane.room.set()
@@ -237,7 +245,10 @@ class Dispatcher:
         group.connections.append(connection)
         logger.info(
             "client %s: connection %d subscribed to %s (%d connections)",
-            client_id, connection.id, ",".join(connection.wanted), len(group.connections),
+            client_id,
+            connection.id,
+            ",".join(connection.wanted),
+            len(group.connections),
         )
         group.rebalance()
         return connection
@@ -256,7 +267,10 @@ class Dispatcher:
         unacknowledged = sum(len(lane.inflight) for lane in lanes)
         logger.info(
             "client %s: connection %d left with %d unacknowledged events (%d connections remain)",
-            connection.client_id, connection.id, unacknowledged, len(group.connections),
+            connection.client_id,
+            connection.id,
+            unacknowledged,
+            len(group.connections),
         )
         if group.connections:
             group.rebalance()
@@ -271,7 +285,10 @@ class Dispatcher:
         if lane is None or sequence not in lane.inflight:
             logger.warning(
                 "client %s: connection %d settled %s#%d, which it does not hold",
-                connection.client_id, connection.id, repository_id, sequence,
+                connection.client_id,
+                connection.id,
+                repository_id,
+                sequence,
             )
             return False
         if failure is not None:
@@ -289,7 +306,11 @@ class Dispatcher:
             )
             logger.warning(
                 "client %s: dead letter %s#%d (status %d): %s",
-                connection.client_id, repository_id, sequence, status_code, reason,
+                connection.client_id,
+                repository_id,
+                sequence,
+                status_code,
+                reason,
             )
             lane = connection.lanes.get(repository_id)
             if lane is None:

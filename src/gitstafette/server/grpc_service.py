@@ -18,7 +18,7 @@ from gitstafette._proto import gitstafette_pb2 as pb
 from gitstafette._proto import gitstafette_pb2_grpc as pb_grpc
 from gitstafette.config import ServerConfig
 from gitstafette.exceptions import StoreError
-from gitstafette.model import event_from_pb, event_to_pb
+from gitstafette.model import WebhookEvent, event_from_pb, event_to_pb
 from gitstafette.server.dispatch import Connection, Dispatcher
 from gitstafette.server.ingest import Ingest
 from gitstafette.store import EventStore
@@ -26,6 +26,20 @@ from gitstafette.store import EventStore
 __all__ = ["GitstafetteService", "InfoService"]
 
 logger = logging.getLogger("gitstafette.server.grpc")
+
+
+def _fit_one_message(events: list[WebhookEvent], max_body_bytes: int) -> list[WebhookEvent]:
+    """The first events whose bodies add up to at most ``max_body_bytes`` (always at least one).
+
+    A response carries a batch in one gRPC message, whose limit is the body limit plus room for headers:
+    two large bodies in one batch would go over it and fail the stream every time it is retried.
+    """
+    total = 0
+    for count, event in enumerate(events):
+        total += len(event.body)
+        if count and total > max_body_bytes:
+            return events[:count]
+    return events
 
 
 class GitstafetteService(pb_grpc.GitstafetteServicer):
@@ -72,7 +86,9 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 break
-            events = await self.store.read_after(repository_id, after, limit=100)
+            events = _fit_one_message(
+                await self.store.read_after(repository_id, after, limit=100), self.config.max_body_bytes
+            )
             if events:
                 yield pb.WebhookEventsResponse(webhook_events=[event_to_pb(e) for e in events])
                 after = events[-1].sequence
@@ -163,7 +179,9 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
                     break
                 if isinstance(item, str):
                     yield pb.StreamResponse(
-                        subscribed=pb.Subscribed(server_id=self.config.server_id, repository_ids=sorted(connection.lanes))
+                        subscribed=pb.Subscribed(
+                            server_id=self.config.server_id, repository_ids=sorted(connection.lanes)
+                        )
                     )
                     continue
                 event, redelivery = item
@@ -182,7 +200,9 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
                 await reader
             await self.dispatcher.disconnect(connection)
 
-    async def _read_settlements(self, request_iterator: AsyncIterator[pb.StreamRequest], connection: Connection) -> None:
+    async def _read_settlements(
+        self, request_iterator: AsyncIterator[pb.StreamRequest], connection: Connection
+    ) -> None:
         try:
             async for request in request_iterator:
                 kind = request.WhichOneof("kind")
@@ -207,7 +227,9 @@ class InfoService(info_grpc.InfoServicer):
         #: the port actually bound (the configured one may be 0)
         self.grpc_port = config.grpc_port
 
-    async def GetInfo(self, request: info_pb.GetInfoRequest, context: grpc.aio.ServicerContext) -> info_pb.GetInfoResponse:
+    async def GetInfo(
+        self, request: info_pb.GetInfoRequest, context: grpc.aio.ServicerContext
+    ) -> info_pb.GetInfoResponse:
         hostname = socket.gethostname()
         try:
             ip = socket.gethostbyname(hostname)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -16,6 +17,7 @@ from gitstafette import __version__
 from gitstafette.config import ServerConfig
 from gitstafette.exceptions import StoreError, WebhookRejected
 from gitstafette.github.webhook import parse_webhook
+from gitstafette.model import DeadLetter, WebhookEvent
 from gitstafette.server.ingest import Ingest, Outcome
 from gitstafette.store import EventStore
 
@@ -50,76 +52,93 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(config: ServerConfig, store: EventStore, ingest: Ingest, registry: CollectorRegistry) -> Starlette:
-    async def webhook(request: Request) -> Response:
+def _event_entry(
+    event: WebhookEvent, cursors: Mapping[str, int], dead: Mapping[tuple[str, int], DeadLetter]
+) -> dict[str, Any]:
+    """One event of ``GET /v1/events/{repo}``, with each known client's state."""
+    clients: dict[str, dict[str, Any]] = {}
+    for client_id, cursor in cursors.items():
+        letter = dead.get((client_id, event.sequence))
+        if letter is not None:
+            clients[client_id] = {"state": "dead-letter", "reason": letter.reason, "status_code": letter.status_code}
+        else:
+            clients[client_id] = {"state": "acknowledged" if cursor >= event.sequence else "pending"}
+    return {
+        "sequence": event.sequence,
+        "delivery_id": event.delivery_id,
+        "event": event.event_type,
+        "received_at": event.received_at_ns / 1e9,
+        "body_bytes": len(event.body),
+        "clients": clients,
+    }
+
+
+class _Endpoints:
+    """The request handlers, sharing the server's config, store and ingest."""
+
+    def __init__(self, config: ServerConfig, store: EventStore, ingest: Ingest, registry: CollectorRegistry) -> None:
+        self.config = config
+        self.store = store
+        self.ingest = ingest
+        self.registry = registry
+
+    async def webhook(self, request: Request) -> Response:
         received_at_ns = time.time_ns()
         try:
-            body = await _read_body(request, config.max_body_bytes)
+            body = await _read_body(request, self.config.max_body_bytes)
             raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
-            event = parse_webhook(request.headers, raw_headers, body, config.repositories, received_at_ns)
+            event = parse_webhook(request.headers, raw_headers, body, self.config.repositories, received_at_ns)
         except WebhookRejected as exc:
-            outcome = {413: "too-large", 406: "rejected-unwatched"}.get(exc.status_code, "rejected-invalid")
-            ingest.count(Outcome(exc.status_code, exc.detail, outcome))
-            logger.info(
-                "webhook %s refused with %d: %s",
-                request.headers.get("x-github-delivery", "(no delivery id)"), exc.status_code, exc.detail,
-            )
-            response = _problem(exc.status_code, exc.detail)
-            if exc.status_code == 413:
-                # The rest of the body is not read; the connection cannot be reused.
-                response.headers["Connection"] = "close"
-            return response
+            return self._refuse(request, exc)
         except ClientDisconnect:
             logger.info("webhook sender went away before the body was complete")
             return Response(status_code=400)
-        outcome = await ingest.store_event(event)
+        outcome = await self.ingest.store_event(event)
         if outcome.status_code == 204:
             return Response(status_code=204)
-        if outcome.status_code != 201:
+        if outcome.status_code != 201 or outcome.event is None:
             return _problem(outcome.status_code, outcome.detail)
-        assert outcome.event is not None
         return JSONResponse(
-            {"delivery_id": event.delivery_id, "repository_id": event.repository_id, "sequence": outcome.event.sequence},
+            {
+                "delivery_id": event.delivery_id,
+                "repository_id": event.repository_id,
+                "sequence": outcome.event.sequence,
+            },
             status_code=201,
         )
 
-    async def root(request: Request) -> Response:
-        return JSONResponse({"name": "gitstafette", "version": __version__, "server_id": config.server_id})
+    def _refuse(self, request: Request, exc: WebhookRejected) -> Response:
+        label = {413: "too-large", 406: "rejected-unwatched"}.get(exc.status_code, "rejected-invalid")
+        self.ingest.count(Outcome(exc.status_code, exc.detail, label))
+        logger.info(
+            "webhook %s refused with %d: %s",
+            request.headers.get("x-github-delivery", "(no delivery id)"),
+            exc.status_code,
+            exc.detail,
+        )
+        response = _problem(exc.status_code, exc.detail)
+        if exc.status_code == 413:
+            # The rest of the body is not read; the connection cannot be reused.
+            response.headers["Connection"] = "close"
+        return response
 
-    async def watchlist(request: Request) -> Response:
-        return JSONResponse({"GitHubRepositoryIDs": config.repositories.entries()})
+    async def root(self, request: Request) -> Response:
+        return JSONResponse({"name": "gitstafette", "version": __version__, "server_id": self.config.server_id})
 
-    async def events(request: Request) -> Response:
+    async def watchlist(self, request: Request) -> Response:
+        return JSONResponse({"GitHubRepositoryIDs": self.config.repositories.entries()})
+
+    async def events(self, request: Request) -> Response:
         spec = request.path_params["repo"]
-        repository_id = await store.resolve_repository(spec)
-        state = await store.repository(repository_id) if repository_id else None
+        repository_id = await self.store.resolve_repository(spec)
+        state = await self.store.repository(repository_id) if repository_id else None
         if state is None:
             return _problem(404, f"no events stored for repository {spec}")
-        dead = {(d.client_id, d.sequence): d for d in await store.dead_letters(state.repository_id)}
+        dead = {(d.client_id, d.sequence): d for d in await self.store.dead_letters(state.repository_id)}
         listed: list[dict[str, Any]] = []
         after = state.first_sequence - 1
-        while True:
-            batch = await store.read_after(state.repository_id, after, limit=500)
-            for event in batch:
-                clients = {}
-                for client_id, cursor in state.cursors.items():
-                    letter = dead.get((client_id, event.sequence))
-                    if letter is not None:
-                        clients[client_id] = {"state": "dead-letter", "reason": letter.reason, "status_code": letter.status_code}
-                    else:
-                        clients[client_id] = {"state": "acknowledged" if cursor >= event.sequence else "pending"}
-                listed.append(
-                    {
-                        "sequence": event.sequence,
-                        "delivery_id": event.delivery_id,
-                        "event": event.event_type,
-                        "received_at": event.received_at_ns / 1e9,
-                        "body_bytes": len(event.body),
-                        "clients": clients,
-                    }
-                )
-            if len(batch) < 500:
-                break
+        while batch := await self.store.read_after(state.repository_id, after, limit=500):
+            listed.extend(_event_entry(event, state.cursors, dead) for event in batch)
             after = batch[-1].sequence
         return JSONResponse(
             {
@@ -131,27 +150,30 @@ def create_app(config: ServerConfig, store: EventStore, ingest: Ingest, registry
             }
         )
 
-    async def healthz(request: Request) -> Response:
+    async def healthz(self, request: Request) -> Response:
         return PlainTextResponse("ok")
 
-    async def readyz(request: Request) -> Response:
+    async def readyz(self, request: Request) -> Response:
         try:
-            await store.ping()
+            await self.store.ping()
         except StoreError as exc:
             return PlainTextResponse(f"store unavailable: {exc}", status_code=503)
         return PlainTextResponse("ready")
 
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    async def metrics(self, request: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
+
+def create_app(config: ServerConfig, store: EventStore, ingest: Ingest, registry: CollectorRegistry) -> Starlette:
+    endpoints = _Endpoints(config, store, ingest, registry)
     routes = [
-        Route("/v1/github/", webhook, methods=["POST"]),
-        Route("/v1/github", webhook, methods=["POST"]),
-        Route("/", root, methods=["GET"]),
-        Route("/v1/watchlist", watchlist, methods=["GET"]),
-        Route("/v1/events/{repo:path}", events, methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        Route("/v1/github/", endpoints.webhook, methods=["POST"]),
+        Route("/v1/github", endpoints.webhook, methods=["POST"]),
+        Route("/", endpoints.root, methods=["GET"]),
+        Route("/v1/watchlist", endpoints.watchlist, methods=["GET"]),
+        Route("/v1/events/{repo:path}", endpoints.events, methods=["GET"]),
+        Route("/healthz", endpoints.healthz, methods=["GET"]),
+        Route("/readyz", endpoints.readyz, methods=["GET"]),
+        Route("/metrics", endpoints.metrics, methods=["GET"]),
     ]
     return Starlette(routes=routes)

@@ -82,9 +82,9 @@ class Server:
         self._http_task: asyncio.Task[None] | None = None
         self._grpc: grpc.aio.Server | None = None
         self._info = InfoService(config)
-        Gauge(
-            "gitstafette_streams_connected", "Open acknowledged streams", registry=self.registry
-        ).set_function(lambda: self.dispatcher.connection_count())
+        Gauge("gitstafette_streams_connected", "Open acknowledged streams", registry=self.registry).set_function(
+            lambda: self.dispatcher.connection_count()
+        )
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -144,7 +144,12 @@ class Server:
             logger.warning("watching every repository: set --repositories to accept only yours")
         logger.info(
             "gitstafette server %s listening: http=%s:%d grpc=%s:%d store=%s repositories=%s",
-            config.server_id, config.host, self.http_port, config.host, self.grpc_port, self.store.url,
+            config.server_id,
+            config.host,
+            self.http_port,
+            config.host,
+            self.grpc_port,
+            self.store.url,
             config.repositories,
         )
 
@@ -162,10 +167,10 @@ class Server:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        gitstafette_pb2_grpc.add_GitstafetteServicer_to_server(
+        gitstafette_pb2_grpc.add_GitstafetteServicer_to_server(  # type: ignore[no-untyped-call]
             GitstafetteService(self.config, self.store, self.ingest, self.dispatcher), server
         )
-        gitstafette_info_pb2_grpc.add_InfoServicer_to_server(self._info, server)
+        gitstafette_info_pb2_grpc.add_InfoServicer_to_server(self._info, server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (*_SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

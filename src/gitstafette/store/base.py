@@ -91,14 +91,14 @@ class EventStore(ABC):
     def __init__(self) -> None:
         self.notifier = SequenceNotifier()
 
-    async def open(self) -> None:
+    async def open(self) -> None:  # noqa: B027 (optional: a store with nothing to open keeps this)
         """Connect, create the schema if needed and load what the notifier must know."""
 
     @abstractmethod
     async def aclose(self) -> None:
         """Finish pending writes and release every resource."""
 
-    async def ping(self) -> None:
+    async def ping(self) -> None:  # noqa: B027 (optional: an in-process store is always there)
         """Raise ``StoreUnavailable`` when the store cannot serve requests."""
 
     @abstractmethod

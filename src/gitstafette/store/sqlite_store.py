@@ -283,7 +283,10 @@ class SQLiteStore(EventStore):
             repositories = [r for (r,) in connection.execute("SELECT repository_id FROM repositories")]
             for repository_id in repositories:
                 cursors = [
-                    s for (s,) in connection.execute("SELECT sequence FROM cursors WHERE repository_id = ?", (repository_id,))
+                    s
+                    for (s,) in connection.execute(
+                        "SELECT sequence FROM cursors WHERE repository_id = ?", (repository_id,)
+                    )
                 ]
                 rows = connection.execute(
                     "SELECT sequence, received_at_ns FROM events WHERE repository_id = ? ORDER BY sequence",
