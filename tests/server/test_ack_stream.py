@@ -158,3 +158,62 @@ async def test_subscribing_to_an_unwatched_repository_is_refused(tmp_path: pytes
                 await stream.next_event()
             assert error.value.code() == grpc.StatusCode.NOT_FOUND
             assert "not watched" in (error.value.details() or "")
+
+
+async def test_a_replayed_dead_letter_is_sent_again_until_acknowledged(server: ServerProcess) -> None:
+    ids = await post(server, count=3)
+    async with AckStream(server.grpc_target, "strict", ["186853002"]) as stream:
+        events = [await stream.next_event() for _ in ids]
+        assert all(events)
+        await stream.fail(events[1], "target answered 404", 404)  # type: ignore[arg-type]
+        await stream.ack(events[0])  # type: ignore[arg-type]
+        await stream.ack(events[2])  # type: ignore[arg-type]
+        await _until_pending(server, "strict", 0)
+        letters = httpx.get(f"{server.url}/v1/dead-letters", params={"client_id": "strict"}).json()["dead_letters"]
+        assert [(d["sequence"], d["delivery_id"], d["status_code"]) for d in letters] == [(2, ids[1], 404)]
+
+        # Replay all dead letters of the repository while the client is connected: it comes at once.
+        answer = httpx.post(
+            f"{server.url}/v1/dead-letters/replay", json={"client_id": "strict", "repository_id": "186853002"}
+        )
+        assert answer.status_code == 202 and answer.json()["replayed"] == [2]
+        replayed = await stream.next_event()
+        assert replayed is not None and replayed.replay and replayed.webhook_event.event_id == ids[1]
+        # Not acknowledged before the client goes away.
+
+    # Replays survive a reconnect, and one of an acknowledged event can be asked for while offline too.
+    answer = httpx.post(
+        f"{server.url}/v1/dead-letters/replay",
+        json={"client_id": "strict", "repository_id": "186853002", "sequence": 1},
+    )
+    assert answer.status_code == 202
+    async with AckStream(server.grpc_target, "strict", ["186853002"]) as stream:
+        again = [await stream.next_event(), await stream.next_event()]
+        assert sorted(e.webhook_event.event_id for e in again if e and e.replay) == sorted(ids[:2])
+        for event in again:
+            await stream.ack(event)  # type: ignore[arg-type]
+        assert await stream.next_event(timeout=0.5) is None
+    for _ in range(100):
+        if not httpx.get(f"{server.url}/v1/dead-letters").json()["dead_letters"]:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the delivered replay left its dead letter behind")
+    states = {
+        e["delivery_id"]: e["clients"]["strict"]["state"]
+        for e in httpx.get(f"{server.url}/v1/events/186853002").json()["events"]
+    }
+    assert states == {i: "acknowledged" for i in ids}
+
+
+async def test_replay_of_an_unknown_event_is_refused(server: ServerProcess) -> None:
+    await post(server)
+    async with httpx.AsyncClient() as http:
+        missing = await http.post(
+            f"{server.url}/v1/dead-letters/replay", json={"client_id": "x", "repository_id": "186853002", "sequence": 9}
+        )
+        assert missing.status_code == 404
+        bad = await http.post(f"{server.url}/v1/dead-letters/replay", json={"repository_id": "186853002"})
+        assert bad.status_code == 400
+        unknown = await http.post(f"{server.url}/v1/dead-letters/replay", json={"client_id": "x", "repository_id": "5"})
+        assert unknown.status_code == 404

@@ -50,6 +50,8 @@ class Lane:
         self.repository_id = repository_id
         self.inflight: OrderedDict[int, _InFlight] = OrderedDict()
         self.inflight_bytes = 0
+        #: replayed events sent and not yet settled (outside the sequence order, below the cursor)
+        self.replaying: dict[int, _InFlight] = {}
         self.handing_off = False
         self.room = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -72,6 +74,7 @@ class Lane:
             repository_id,
             after + 1,
         )
+        await self.send_replays(await store.replays(group.client_id, repository_id))
         while not store.notifier.closed:
             room = window - len(self.inflight)
             if self.handing_off or room <= 0 or (self.inflight and self.inflight_bytes >= window_bytes):
@@ -92,6 +95,30 @@ class Lane:
                 self.connection.send(event, group.redelivery(event))
                 after = event.sequence
 
+    @property
+    def idle(self) -> bool:
+        """Nothing sent on this lane waits for an answer."""
+        return not self.inflight and not self.replaying
+
+    async def send_replays(self, sequences: list[int]) -> None:
+        """Send events again on request (dead letters being replayed), each once until settled."""
+        store = self.group.dispatcher.store
+        for sequence in sequences:
+            if sequence in self.replaying:
+                continue
+            event = await store.event_at(self.repository_id, sequence)
+            if event is None:
+                logger.warning(
+                    "client %s: cannot replay %s#%d, it is no longer retained",
+                    self.group.client_id,
+                    self.repository_id,
+                    sequence,
+                )
+                await store.settle_replay(self.group.client_id, self.repository_id, sequence, delivered=False)
+                continue
+            self.replaying[sequence] = _InFlight(event.delivery_id, len(event.body))
+            self.connection.send(event, self.group.redelivery(event), replay=True)
+
     def settle(self, sequence: int) -> bool:
         """Mark one sent event done; move the cursor over every done event at the front."""
         entry = self.inflight.get(sequence)
@@ -105,15 +132,18 @@ class Lane:
                 break
             self.inflight.popitem(last=False)
             self.inflight_bytes -= first.size
+            self.group.sent.pop((self.repository_id, first_sequence), None)
             cursor = first_sequence
         if cursor is not None:
             self.group.cursors[self.repository_id] = cursor
-            self.group.forget_redeliveries(self.repository_id, cursor)
             self._persist()
         self.room.set()
-        if self.handing_off and not self.inflight:
-            self.group.release(self)
+        self.release_if_handed_off()
         return True
+
+    def release_if_handed_off(self) -> None:
+        if self.handing_off and self.idle:
+            self.group.release(self)
 
     def _persist(self) -> None:
         """Write the cursor to the store, coalescing: at most one write in flight per lane."""
@@ -157,11 +187,11 @@ class Connection:
         self.client_id = client_id
         self.wanted = list(dict.fromkeys(wanted))
         self.lanes: dict[str, Lane] = {}
-        #: (event, redelivery) to send; None ends the stream; "assignment" announces a change of lanes
-        self.outbox: asyncio.Queue[tuple[WebhookEvent, int] | str | None] = asyncio.Queue()
+        #: (event, redelivery, replay) to send; None ends the stream; "assignment" announces a change of lanes
+        self.outbox: asyncio.Queue[tuple[WebhookEvent, int, bool] | str | None] = asyncio.Queue()
 
-    def send(self, event: WebhookEvent, redelivery: int) -> None:
-        self.outbox.put_nowait((event, redelivery))
+    def send(self, event: WebhookEvent, redelivery: int, replay: bool = False) -> None:
+        self.outbox.put_nowait((event, redelivery, replay))
 
     def announce(self) -> None:
         self.outbox.put_nowait("assignment")
@@ -188,10 +218,6 @@ class _Group:
         count = self.sent.get(key, -1) + 1
         self.sent[key] = count
         return count
-
-    def forget_redeliveries(self, repository_id: str, cursor: int) -> None:
-        for key in [k for k in self.sent if k[0] == repository_id and k[1] <= cursor]:
-            del self.sent[key]
 
     def release(self, lane: Lane) -> None:
         """Take a lane away from its connection; its unacknowledged events go to the next holder."""
@@ -225,7 +251,7 @@ class _Group:
                 )
                 lane.handing_off = True
                 lane.room.set()
-                if not lane.inflight:
+                if lane.idle:
                     self.release(lane)
                     return
 
@@ -282,7 +308,8 @@ class Dispatcher:
     ) -> bool:
         """An acknowledgement, or with ``failure`` (reason, status) a dead letter. False if unknown."""
         lane = connection.lanes.get(repository_id)
-        if lane is None or sequence not in lane.inflight:
+        entry = None if lane is None else lane.replaying.get(sequence) or lane.inflight.get(sequence)
+        if lane is None or entry is None:
             logger.warning(
                 "client %s: connection %d settled %s#%d, which it does not hold",
                 connection.client_id,
@@ -293,29 +320,35 @@ class Dispatcher:
             return False
         if failure is not None:
             reason, status_code = failure
-            await self.store.add_dead_letter(
-                DeadLetter(
-                    client_id=connection.client_id,
-                    repository_id=repository_id,
-                    sequence=sequence,
-                    delivery_id=lane.inflight[sequence].delivery_id,
-                    reason=reason,
-                    status_code=status_code,
-                    failed_at_ns=time.time_ns(),
-                )
+            letter = DeadLetter(
+                connection.client_id, repository_id, sequence, entry.delivery_id, reason, status_code, time.time_ns()
             )
+            await self.store.add_dead_letter(letter)
             logger.warning(
-                "client %s: dead letter %s#%d (status %d): %s",
+                "client %s: dead letter %s#%d (delivery %s, status %d): %s",
                 connection.client_id,
                 repository_id,
                 sequence,
+                entry.delivery_id,
                 status_code,
                 reason,
             )
-            lane = connection.lanes.get(repository_id)
-            if lane is None:
-                return False
+        if lane.replaying.pop(sequence, None) is not None:
+            lane.group.sent.pop((repository_id, sequence), None)
+            await self.store.settle_replay(connection.client_id, repository_id, sequence, delivered=failure is None)
+            logger.info("client %s: replay of %s#%d settled", connection.client_id, repository_id, sequence)
+            lane.release_if_handed_off()
+            return True
         return lane.settle(sequence)
+
+    async def replay(self, client_id: str, repository_id: str, sequences: list[int]) -> None:
+        """Send settled events to ``client_id`` again: at once if a connection serves the repository, else
+        when one does (the request stays in the store until the replay is settled)."""
+        await self.store.add_replays(client_id, repository_id, sequences)
+        group = self._groups.get(client_id)
+        lane = group.holders.get(repository_id) if group else None
+        if lane is not None and lane.task is not None and not lane.task.done():
+            await lane.send_replays(sequences)
 
     def close(self) -> None:
         """End every stream (server shutdown)."""

@@ -184,7 +184,7 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
                         )
                     )
                     continue
-                event, redelivery = item
+                event, redelivery, replay = item
                 yield pb.StreamResponse(
                     event=pb.RelayedEvent(
                         repository_id=event.repository_id,
@@ -192,6 +192,7 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
                         webhook_event=event_to_pb(event),
                         received_at_unix_nanos=event.received_at_ns,
                         redelivery=redelivery,
+                        replay=replay,
                     )
                 )
         finally:

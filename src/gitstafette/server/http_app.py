@@ -18,6 +18,7 @@ from gitstafette.config import ServerConfig
 from gitstafette.exceptions import StoreError, WebhookRejected
 from gitstafette.github.webhook import parse_webhook
 from gitstafette.model import DeadLetter, WebhookEvent
+from gitstafette.server.dispatch import Dispatcher
 from gitstafette.server.ingest import Ingest, Outcome
 from gitstafette.store import EventStore
 
@@ -73,14 +74,34 @@ def _event_entry(
     }
 
 
+def _dead_letter_entry(letter: DeadLetter) -> dict[str, Any]:
+    return {
+        "client_id": letter.client_id,
+        "repository_id": letter.repository_id,
+        "sequence": letter.sequence,
+        "delivery_id": letter.delivery_id,
+        "reason": letter.reason,
+        "status_code": letter.status_code,
+        "failed_at": letter.failed_at_ns / 1e9,
+    }
+
+
 class _Endpoints:
     """The request handlers, sharing the server's config, store and ingest."""
 
-    def __init__(self, config: ServerConfig, store: EventStore, ingest: Ingest, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: EventStore,
+        ingest: Ingest,
+        registry: CollectorRegistry,
+        dispatcher: Dispatcher,
+    ) -> None:
         self.config = config
         self.store = store
         self.ingest = ingest
         self.registry = registry
+        self.dispatcher = dispatcher
 
     async def webhook(self, request: Request) -> Response:
         received_at_ns = time.time_ns()
@@ -150,6 +171,46 @@ class _Endpoints:
             }
         )
 
+    async def dead_letters(self, request: Request) -> Response:
+        repository_id = request.query_params.get("repository")
+        client_id = request.query_params.get("client_id")
+        if repository_id:
+            repository_id = await self.store.resolve_repository(repository_id) or repository_id
+        letters = [
+            _dead_letter_entry(d)
+            for d in await self.store.dead_letters(repository_id)
+            if client_id is None or d.client_id == client_id
+        ]
+        return JSONResponse({"dead_letters": letters})
+
+    async def replay(self, request: Request) -> Response:
+        """Send one event (``sequence``) or every dead letter of a repository to a client id again."""
+        try:
+            asked = await request.json()
+            client_id, spec = str(asked["client_id"]), str(asked["repository_id"])
+            sequence = asked.get("sequence")
+            if sequence is not None and (isinstance(sequence, bool) or not isinstance(sequence, int)):
+                raise ValueError("sequence must be an integer")
+        except (ValueError, KeyError, TypeError) as exc:
+            return _problem(400, f'expected {{"client_id": …, "repository_id": …, "sequence": optional}}: {exc}')
+        repository_id = await self.store.resolve_repository(spec)
+        if repository_id is None or await self.store.repository(repository_id) is None:
+            return _problem(404, f"no events stored for repository {spec}")
+        if sequence is not None:
+            if await self.store.event_at(repository_id, sequence) is None:
+                return _problem(404, f"event {repository_id}#{sequence} is not retained (any more)")
+            sequences = [sequence]
+        else:
+            sequences = sorted(
+                d.sequence for d in await self.store.dead_letters(repository_id) if d.client_id == client_id
+            )
+        if sequences:
+            await self.dispatcher.replay(client_id, repository_id, sequences)
+        logger.info("replay of %s %s to client %s requested", repository_id, sequences, client_id)
+        return JSONResponse(
+            {"client_id": client_id, "repository_id": repository_id, "replayed": sequences}, status_code=202
+        )
+
     async def healthz(self, request: Request) -> Response:
         return PlainTextResponse("ok")
 
@@ -164,14 +225,18 @@ class _Endpoints:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def create_app(config: ServerConfig, store: EventStore, ingest: Ingest, registry: CollectorRegistry) -> Starlette:
-    endpoints = _Endpoints(config, store, ingest, registry)
+def create_app(
+    config: ServerConfig, store: EventStore, ingest: Ingest, registry: CollectorRegistry, dispatcher: Dispatcher
+) -> Starlette:
+    endpoints = _Endpoints(config, store, ingest, registry, dispatcher)
     routes = [
         Route("/v1/github/", endpoints.webhook, methods=["POST"]),
         Route("/v1/github", endpoints.webhook, methods=["POST"]),
         Route("/", endpoints.root, methods=["GET"]),
         Route("/v1/watchlist", endpoints.watchlist, methods=["GET"]),
         Route("/v1/events/{repo:path}", endpoints.events, methods=["GET"]),
+        Route("/v1/dead-letters", endpoints.dead_letters, methods=["GET"]),
+        Route("/v1/dead-letters/replay", endpoints.replay, methods=["POST"]),
         Route("/healthz", endpoints.healthz, methods=["GET"]),
         Route("/readyz", endpoints.readyz, methods=["GET"]),
         Route("/metrics", endpoints.metrics, methods=["GET"]),

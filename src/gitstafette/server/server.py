@@ -117,7 +117,7 @@ class Server:
 
         sock = _bind(config.host, config.http_port)
         self.http_port = sock.getsockname()[1]
-        app = create_app(config, self.store, self.ingest, self.registry)
+        app = create_app(config, self.store, self.ingest, self.registry, self.dispatcher)
         self._http = _HttpServer(
             uvicorn.Config(
                 app,

@@ -129,6 +129,18 @@ class EventStore(ABC):
         """Dead letters, oldest first, of one repository or all."""
 
     @abstractmethod
+    async def add_replays(self, client_id: str, repository_id: str, sequences: list[int]) -> None:
+        """Ask for events to be sent to ``client_id`` again (replayed dead letters), until acknowledged."""
+
+    @abstractmethod
+    async def replays(self, client_id: str, repository_id: str) -> list[int]:
+        """Sequences waiting to be replayed to ``client_id``, in order."""
+
+    @abstractmethod
+    async def settle_replay(self, client_id: str, repository_id: str, sequence: int, delivered: bool) -> None:
+        """A replayed event was settled: forget the replay request, and when ``delivered`` its dead letter."""
+
+    @abstractmethod
     async def repositories(self) -> list[RepositoryState]:
         """Every repository the store holds events or cursors for."""
 
@@ -142,6 +154,11 @@ class EventStore(ABC):
             if state.repository_id == repository_id:
                 return state
         return None
+
+    async def event_at(self, repository_id: str, sequence: int) -> WebhookEvent | None:
+        """The event with this sequence, if it is still retained."""
+        events = await self.read_after(repository_id, sequence - 1, limit=1)
+        return events[0] if events and events[0].sequence == sequence else None
 
     async def resolve_repository(self, spec: str) -> str | None:
         """A repository id for ``spec`` (an id, or owner/name seen in a stored event)."""

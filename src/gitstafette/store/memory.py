@@ -26,6 +26,7 @@ class MemoryStore(EventStore):
         self._repositories: dict[str, _Repository] = {}
         self._cursors: dict[tuple[str, str], int] = {}
         self._dead_letters: list[DeadLetter] = []
+        self._replays: dict[tuple[str, str], set[int]] = {}
 
     async def aclose(self) -> None:
         """Nothing to release."""
@@ -65,6 +66,22 @@ class MemoryStore(EventStore):
 
     async def dead_letters(self, repository_id: str | None = None) -> list[DeadLetter]:
         return [d for d in self._dead_letters if repository_id is None or d.repository_id == repository_id]
+
+    async def add_replays(self, client_id: str, repository_id: str, sequences: list[int]) -> None:
+        self._replays.setdefault((client_id, repository_id), set()).update(sequences)
+
+    async def replays(self, client_id: str, repository_id: str) -> list[int]:
+        return sorted(self._replays.get((client_id, repository_id), ()))
+
+    async def settle_replay(self, client_id: str, repository_id: str, sequence: int, delivered: bool) -> None:
+        self._replays.get((client_id, repository_id), set()).discard(sequence)
+        if not delivered:
+            return
+        self._dead_letters = [
+            d
+            for d in self._dead_letters
+            if (d.client_id, d.repository_id, d.sequence) != (client_id, repository_id, sequence)
+        ]
 
     async def repositories(self) -> list[RepositoryState]:
         return [

@@ -66,6 +66,12 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     failed_at_ns  INTEGER NOT NULL,
     PRIMARY KEY (client_id, repository_id, sequence)
 );
+CREATE TABLE IF NOT EXISTS replays (
+    client_id     TEXT NOT NULL,
+    repository_id TEXT NOT NULL,
+    sequence      INTEGER NOT NULL,
+    PRIMARY KEY (client_id, repository_id, sequence)
+);
 """
 
 _EVENT_COLUMNS = "repository_id, sequence, delivery_id, event_type, repository_name, received_at_ns, headers, body"
@@ -276,6 +282,30 @@ class SQLiteStore(EventStore):
             )
 
         await self._write(write)
+
+    async def add_replays(self, client_id: str, repository_id: str, sequences: list[int]) -> None:
+        rows = [(client_id, repository_id, sequence) for sequence in sequences]
+        await self._write(lambda c: c.executemany("INSERT OR IGNORE INTO replays VALUES (?, ?, ?)", rows))
+
+    async def settle_replay(self, client_id: str, repository_id: str, sequence: int, delivered: bool) -> None:
+        def write(connection: sqlite3.Connection) -> None:
+            key = (client_id, repository_id, sequence)
+            connection.execute("DELETE FROM replays WHERE client_id = ? AND repository_id = ? AND sequence = ?", key)
+            if delivered:
+                connection.execute(
+                    "DELETE FROM dead_letters WHERE client_id = ? AND repository_id = ? AND sequence = ?", key
+                )
+
+        await self._write(write)
+
+    async def replays(self, client_id: str, repository_id: str) -> list[int]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT sequence FROM replays WHERE client_id = ? AND repository_id = ? ORDER BY sequence",
+                (client_id, repository_id),
+            ).fetchall()
+        )
+        return [sequence for (sequence,) in rows]
 
     async def prune(self, now_ns: int, retention_s: float, max_age_s: float) -> int:
         def write(connection: sqlite3.Connection) -> int:
