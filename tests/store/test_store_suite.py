@@ -389,3 +389,39 @@ async def test_wait_for_events_is_not_satisfied_by_an_earlier_sequence(store: Ev
     await store.append(event("d3"))
     await settle(waiter)
     assert waiter.done() and waiter.result() is True
+
+
+async def test_replays_are_kept_per_client_until_settled(store: EventStore) -> None:
+    for name in ("d1", "d2", "d3"):
+        await store.append(event(name))
+    letter = DeadLetter("ci", REPO_A, 2, "d2", "target answered 404", 404, NOW_NS)
+    await store.add_dead_letter(letter)
+    await store.add_replays("ci", REPO_A, [3, 2])
+    await store.add_replays("ci", REPO_A, [2])  # asking twice keeps one request
+    assert await store.replays("ci", REPO_A) == [2, 3]
+    assert await store.replays("other", REPO_A) == []
+
+    # Failed again: the request goes, the dead letter stays.
+    await store.settle_replay("ci", REPO_A, 3, delivered=False)
+    assert await store.replays("ci", REPO_A) == [2]
+    # Delivered: the request and the dead letter go.
+    await store.settle_replay("ci", REPO_A, 2, delivered=True)
+    assert await store.replays("ci", REPO_A) == []
+    assert await store.dead_letters(REPO_A) == []
+
+
+async def test_event_at_finds_retained_events_only(store: EventStore) -> None:
+    await store.append(event("d1"))
+    await store.append(event("d2"))
+    found = await store.event_at(REPO_A, 2)
+    assert found is not None and found.delivery_id == "d2"
+    assert await store.event_at(REPO_A, 3) is None
+    assert await store.event_at(REPO_B, 1) is None
+
+
+async def test_replays_survive_a_reopen(persistent_backend: Backend) -> None:
+    async with persistent_backend.new() as store:
+        await store.append(event("d1"))
+        await store.add_replays("ci", REPO_A, [1])
+    async with persistent_backend.new() as store:
+        assert await store.replays("ci", REPO_A) == [1]
