@@ -12,6 +12,7 @@ from gitstafette import constants
 from gitstafette.exceptions import ConfigError
 
 __all__ = [
+    "ClientConfig",
     "ServerConfig",
     "StoreConfig",
     "Watchlist",
@@ -142,3 +143,132 @@ class ServerConfig:
             raise ConfigError("max-body-size must be positive")
         if self.retention_s < 0 or self.max_event_age_s < self.retention_s:
             raise ConfigError("retention must be >= 0 and max-event-age >= retention")
+
+
+TargetKind = Literal["http", "grpc"]
+
+_TARGET_SCHEMES: dict[str, TargetKind] = {"http": "http", "https": "http", "grpc": "grpc", "grpcs": "grpc"}
+_SERVER_ADDRESS = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[\w.-]+):(\d{1,5})$")
+
+
+def _redact_url(url: str) -> str:
+    """``https://user:secret@host/x`` → ``https://***@host/x``: credentials never reach a log."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Everything ``gitstafette client`` needs.
+
+    :param repositories: GitHub repository ids (or owner/name) to subscribe to.
+    :param target: where events go: ``http(s)://…`` (a POST per event) or ``grpc(s)://host:port`` (another
+        gitstafette server, through ``WebhookEventPush``).
+    :param servers: gitstafette servers as ``HOST:PORT``, tried in turn when (re)connecting.
+    :param max_delivery_age_s: how long one event is retried, from its first attempt, before it is
+        dead-lettered (time paused for an unhealthy target does not count).
+    :param idle_timeout_s: a stream that carried nothing (no event, no heartbeat) this long is reconnected;
+        the server sends a heartbeat at least every 15 s.
+    """
+
+    repositories: tuple[str, ...]
+    target: str
+    servers: tuple[str, ...] = (f"127.0.0.1:{constants.DEFAULT_GRPC_PORT}",)
+    client_id: str = field(default_factory=socket.gethostname)
+    insecure: bool = False
+    target_health_url: str = ""
+    health_host: str = "0.0.0.0"
+    health_port: int = constants.DEFAULT_CLIENT_HEALTH_PORT
+    max_delivery_age_s: float = 3600.0
+    delivery_timeout_s: float = 30.0
+    retry_initial_delay_s: float = 0.1
+    retry_max_delay_s: float = 30.0
+    #: a target's Retry-After is honoured up to this long
+    retry_after_max_s: float = 300.0
+    reconnect_initial_delay_s: float = 0.5
+    reconnect_max_delay_s: float = 30.0
+    idle_timeout_s: float = 45.0
+    shutdown_grace_s: float = constants.DEFAULT_SHUTDOWN_GRACE_S
+    grpc_max_message_bytes: int = 64 * 1024 * 1024
+
+    @staticmethod
+    def split(values: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+        """Values given several times, comma- or space-separated, in order and without repeats."""
+        items = [values] if isinstance(values, str) else list(values)
+        parts = (part.strip() for item in items for part in re.split(r"[,\s]+", item))
+        return tuple(dict.fromkeys(part for part in parts if part))
+
+    @property
+    def target_kind(self) -> TargetKind:
+        return _TARGET_SCHEMES[urlsplit(self.target).scheme.lower()]
+
+    @property
+    def target_display(self) -> str:
+        """The target URL for logs, without credentials."""
+        return _redact_url(self.target)
+
+    @property
+    def target_health_display(self) -> str:
+        return _redact_url(self.target_health_url)
+
+    def __post_init__(self) -> None:
+        self._check_repositories()
+        self._check_servers()
+        self._check_urls()
+        if not self.client_id:
+            raise ConfigError("client-id must not be empty")
+        if not 0 <= self.health_port <= 65535:
+            raise ConfigError(f"health-port: {self.health_port} is not a TCP port (0-65535)")
+        self._check_durations()
+
+    def _check_repositories(self) -> None:
+        if not self.repositories:
+            raise ConfigError("repositories: name at least one repository (GitHub repository id or owner/name)")
+        for item in self.repositories:
+            if not (item.isdigit() or re.fullmatch(r"[\w.-]+/[\w.-]+", item)):
+                raise ConfigError(f"repositories: {item!r} is neither a GitHub repository id (digits) nor owner/name")
+
+    def _check_servers(self) -> None:
+        if not self.servers:
+            raise ConfigError("server: name at least one server as HOST:PORT")
+        for address in self.servers:
+            match = _SERVER_ADDRESS.match(address)
+            if not match or not 0 < int(match.group(1)) <= 65535:
+                raise ConfigError(f"server: {address!r} is not HOST:PORT (for example 127.0.0.1:50051)")
+
+    def _check_urls(self) -> None:
+        target = urlsplit(self.target)
+        if target.scheme.lower() not in _TARGET_SCHEMES or not target.hostname:
+            raise ConfigError(
+                f"target: {self.target_display!r} is not a URL of http(s)://host/path or grpc(s)://host:port"
+            )
+        if self.target_health_url:
+            health = urlsplit(self.target_health_url)
+            if health.scheme.lower() not in ("http", "https") or not health.hostname:
+                raise ConfigError(f"target-health-url: {self.target_health_display!r} is not an http(s) URL")
+
+    def _check_durations(self) -> None:
+        for name in (
+            "max_delivery_age_s",
+            "delivery_timeout_s",
+            "retry_max_delay_s",
+            "retry_initial_delay_s",
+            "reconnect_max_delay_s",
+            "reconnect_initial_delay_s",
+            "idle_timeout_s",
+            "shutdown_grace_s",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.removesuffix('_s').replace('_', '-')} must be positive")
+        if self.retry_max_delay_s < self.retry_initial_delay_s:
+            raise ConfigError("retry-max-delay must be at least the initial retry delay")
+        if self.reconnect_max_delay_s < self.reconnect_initial_delay_s:
+            raise ConfigError("reconnect-max-delay must be at least the initial reconnect delay")
+
+    def __repr__(self) -> str:
+        return (
+            f"ClientConfig(client_id={self.client_id!r}, servers={self.servers!r}, "
+            f"repositories={self.repositories!r}, target={self.target_display!r})"
+        )

@@ -54,7 +54,10 @@ def main() -> None:
             event = pb.WebhookEvent(
                 event_id=event_id,
                 body=body,
-                headers=[pb.Header(name="X-GitHub-Event", values="push"), pb.Header(name="X-GitHub-Delivery", values=event_id)],
+                headers=[
+                    pb.Header(name="X-GitHub-Event", values="push"),
+                    pb.Header(name="X-GitHub-Delivery", values=event_id),
+                ],
             )
             answer = stub.WebhookEventPush(
                 pb.WebhookEventPushRequest(cliend_id="stock", repository_id=repository_id, webhook_event=event)

@@ -1,0 +1,362 @@
+"""The client process: the stream from the server, one delivery lane per repository, and a small HTTP
+port for health and metrics.
+
+Lifecycle: ``startup`` (HTTP client and target, health port, the stream) → wait for a stop (SIGTERM,
+SIGINT or ``request_stop``) → ``shutdown``: take no new events, let each lane finish the delivery it is
+in (up to the grace; an event still retrying is abandoned unacknowledged and the server sends it again),
+send the last acknowledgements, half-close the stream, close everything.
+
+Order: a repository's events go through one lane, one after another, in the order the server sent
+them; lanes of different repositories deliver in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+
+import httpx
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gitstafette import __version__
+from gitstafette.client.consumer import Consumer, Received, Stream
+from gitstafette.client.metrics import ClientMetrics
+from gitstafette.client.relay import Relay, Settlement, TargetHealth, create_http_client, create_target
+from gitstafette.client.retry import Backoff, RetryPolicy
+from gitstafette.config import ClientConfig
+from gitstafette.model import WebhookEvent
+
+__all__ = ["Client"]
+
+logger = logging.getLogger("gitstafette.client")
+
+#: Settled events remembered per repository, so one the server sends again is not delivered again. The
+#: server keeps at most 256 events per repository unacknowledged, so it never re-sends one older than that.
+SETTLED_MEMORY = 4096
+#: How long the stream may take to end after the client half-closed it on shutdown.
+STREAM_CLOSE_S = 5.0
+
+
+class _Lane:
+    """One repository's events, delivered one after another, and the outcomes of the latest ones."""
+
+    def __init__(self, repository_id: str) -> None:
+        self.repository_id = repository_id
+        self.queue: asyncio.Queue[Received | None] = asyncio.Queue()
+        self.settled: OrderedDict[int, tuple[str, Settlement]] = OrderedDict()
+        self.busy = False
+        self.task: asyncio.Task[None] | None = None
+
+    def remember(self, event: WebhookEvent, settlement: Settlement) -> None:
+        self.settled[event.sequence] = (event.delivery_id, settlement)
+        self.settled.move_to_end(event.sequence)
+        while len(self.settled) > SETTLED_MEMORY:
+            self.settled.popitem(last=False)
+
+    def recall(self, event: WebhookEvent) -> Settlement | None:
+        """The settlement of this very event (same sequence *and* delivery id: a store that was reset
+        numbers new events from 1 again, and those must not be taken for old ones)."""
+        known = self.settled.get(event.sequence)
+        if known is None or known[0] != event.delivery_id:
+            return None
+        return known[1]
+
+
+class _HealthServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the client owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and without it
+    # every keep-alive answer waits ~40 ms for the peer's delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Client:
+    """One gitstafette client: ``await Client(config).serve()`` runs until stopped.
+
+    Kubernetes: ``terminationGracePeriodSeconds`` should exceed ``shutdown_grace_s`` plus a few seconds,
+    so the last acknowledgements reach the server before the pod is killed.
+    """
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        self.metrics = ClientMetrics()
+        self.consumer = Consumer(config, self._on_event, self.metrics)
+        self.lanes: dict[str, _Lane] = {}
+        self.health_port = config.health_port
+        self.failed = False
+        self._stop = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._http: httpx.AsyncClient | None = None
+        self._relay: Relay | None = None
+        self._health: TargetHealth | None = None
+        self._consumer_task: asyncio.Task[None] | None = None
+        self._http_server: _HealthServer | None = None
+        self._http_task: asyncio.Task[None] | None = None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            await self.startup()
+            await self._stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.shutdown()
+
+    def _on_signal(self, sig: int) -> None:
+        logger.info("received %s: shutting down (grace %.0fs)", signal.Signals(sig).name, self.config.shutdown_grace_s)
+        self.request_stop()
+
+    # ---- startup -----------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        config = self.config
+        self._http = http = create_http_client(config)
+        target = create_target(config, http)
+        if config.target_health_url:
+            self._health = TargetHealth(config.target_health_url, config.target_health_display, http, self.metrics)
+        policy = RetryPolicy(
+            Backoff(config.retry_initial_delay_s, config.retry_max_delay_s),
+            retry_after_max_s=config.retry_after_max_s,
+            max_age_s=config.max_delivery_age_s,
+        )
+        self._relay = Relay(target, policy, self.metrics, self._health)
+        await self._start_health_port()
+        if not config.insecure:
+            logger.info("connecting with TLS (system trust roots); pass --insecure for plaintext gRPC")
+        self._consumer_task = asyncio.create_task(self.consumer.run(), name="consumer")
+        self._consumer_task.add_done_callback(self._on_task_done)
+        logger.info(
+            "gitstafette client %s (%s) listening: health=%s:%d servers=%s repositories=%s target=%s",
+            config.client_id,
+            __version__,
+            config.health_host,
+            self.health_port,
+            ",".join(config.servers),
+            ",".join(config.repositories),
+            config.target_display,
+        )
+
+    async def _start_health_port(self) -> None:
+        sock = _bind(self.config.health_host, self.config.health_port)
+        self.health_port = sock.getsockname()[1]
+        self._http_server = _HealthServer(
+            uvicorn.Config(
+                self._health_app(),
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                server_header=False,
+                timeout_graceful_shutdown=1,
+            )
+        )
+        self._http_task = asyncio.create_task(self._http_server.serve(sockets=[sock]), name="health-http")
+        while not self._http_server.started:
+            if self._http_task.done():
+                sock.close()
+                await self._http_task
+                raise OSError("the health port stopped during startup")
+            await asyncio.sleep(0.01)
+
+    def _health_app(self) -> Starlette:
+        async def health(request: Request) -> Response:
+            """Liveness: the process runs. The body tells the state of the stream and the target."""
+            return JSONResponse(self.status())
+
+        async def ready(request: Request) -> Response:
+            """Readiness: connected to a server, and the target (if it has a health URL) is healthy."""
+            status = self.status()
+            ok = status["connected"] and status["target_healthy"] is not False
+            return JSONResponse(status, status_code=200 if ok else 503)
+
+        async def metrics(request: Request) -> Response:
+            return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+        return Starlette(
+            routes=[
+                Route("/health", health, methods=["GET"]),
+                Route("/healthz", health, methods=["GET"]),
+                Route("/ready", ready, methods=["GET"]),
+                Route("/readyz", ready, methods=["GET"]),
+                Route("/metrics", metrics, methods=["GET"]),
+            ]
+        )
+
+    def status(self) -> dict[str, object]:
+        stream = self.consumer.current
+        connected = self.consumer.state == "connected"
+        return {
+            "status": "stopping" if self._stopping.is_set() else "ok",
+            "client_id": self.config.client_id,
+            "state": self.consumer.state,
+            "connected": connected,
+            "server": stream.server if stream is not None and connected else None,
+            "repositories": list(stream.repositories) if stream is not None and connected else [],
+            "target_healthy": None if self._health is None else self._health.healthy,
+            "queued": {r: lane.queue.qsize() + int(lane.busy) for r, lane in self.lanes.items()},
+        }
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._stopping.is_set():
+            return
+        error = task.exception()
+        if error is not None:
+            logger.error("%s failed: the client stops", task.get_name(), exc_info=error)
+            self.failed = True
+            self.request_stop()
+
+    # ---- the main loop: lanes ----------------------------------------------------------------------
+
+    def _on_event(self, received: Received) -> None:
+        if self._stopping.is_set():
+            return
+        repository_id = received.event.repository_id
+        lane = self.lanes.get(repository_id)
+        if lane is None:
+            lane = self.lanes[repository_id] = _Lane(repository_id)
+            lane.task = asyncio.create_task(self._run_lane(lane), name=f"lane {repository_id}")
+            lane.task.add_done_callback(self._on_task_done)
+        lane.queue.put_nowait(received)
+
+    async def _run_lane(self, lane: _Lane) -> None:
+        assert self._relay is not None
+        while not self._stopping.is_set():
+            received = await lane.queue.get()
+            if received is None or self._stopping.is_set():
+                break
+            stream, event = received.stream, received.event
+            if stream.closed:
+                continue  # its stream is gone: the server sends it again on the next one
+            # A replay (a dead letter sent again on request) is delivered again by definition.
+            earlier = None if received.replay else lane.recall(event)
+            if earlier is not None:
+                logger.info(
+                    "%s#%d (delivery %s) sent again (redelivery %d): settled before, not delivered again",
+                    event.repository_id,
+                    event.sequence,
+                    event.delivery_id,
+                    received.redelivery,
+                )
+                self.metrics.settled.labels("already-settled").inc()
+                self._settle(stream, event, earlier)
+                continue
+            lane.busy = True
+            try:
+                settlement = await self._relay.deliver(event, self._stopping, stream.ended)
+            finally:
+                lane.busy = False
+            if settlement is None:
+                continue  # shutting down, or its stream ended: unacknowledged, so the server sends it again
+            lane.remember(event, settlement)
+            self._record(event, settlement)
+            self._settle(stream, event, settlement)
+
+    def _record(self, event: WebhookEvent, settlement: Settlement) -> None:
+        name = f"{event.repository_id}#{event.sequence}"
+        if settlement.acknowledged:
+            self.metrics.settled.labels("delivered").inc()
+            lag_s = max(0.0, time.time() - event.received_at_ns / 1e9) if event.received_at_ns else None
+            if lag_s is not None:
+                self.metrics.lag.observe(lag_s)
+            logger.info(
+                "delivered %s (%s event, delivery %s, %d bytes)%s",
+                name,
+                event.event_type or "?",
+                event.delivery_id,
+                len(event.body),
+                f" {lag_s * 1000:.0f} ms after the server got it" if lag_s is not None else "",
+            )
+        else:
+            self.metrics.settled.labels("dead-letter").inc()
+            logger.warning(
+                "dead letter %s (delivery %s) after %d attempts: %s",
+                name,
+                event.delivery_id,
+                settlement.attempts,
+                settlement.reason,
+            )
+
+    def _settle(self, stream: Stream, event: WebhookEvent, settlement: Settlement) -> None:
+        if settlement.acknowledged:
+            sent = stream.ack(event.repository_id, event.sequence)
+        else:
+            sent = stream.fail(event.repository_id, event.sequence, settlement.reason[:1000], settlement.status_code)
+        if not sent:
+            logger.debug(
+                "stream %d ended before %s#%d was settled on it; it is settled when the server sends it again",
+                stream.id,
+                event.repository_id,
+                event.sequence,
+            )
+
+    # ---- shutdown ----------------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        grace = self.config.shutdown_grace_s
+        self._stopping.set()
+        # 1. No new events; each lane finishes the delivery it is in.
+        lanes = [lane.task for lane in self.lanes.values() if lane.task is not None]
+        for lane in self.lanes.values():
+            lane.queue.put_nowait(None)
+        if lanes:
+            _, pending = await asyncio.wait(lanes, timeout=grace)
+            for task in pending:
+                logger.warning(
+                    "%s: delivery still running after %.0fs, abandoned (the server sends it again)",
+                    task.get_name(),
+                    grace,
+                )
+                task.cancel()
+            await asyncio.gather(*lanes, return_exceptions=True)
+        # 2. The last acknowledgements go out, the stream is half-closed and ends.
+        self.consumer.close()
+        if self._consumer_task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._consumer_task), STREAM_CLOSE_S)
+            except TimeoutError:
+                self._consumer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._consumer_task
+        # 3. Target connections, then the health port.
+        if self._relay is not None:
+            await self._relay.target.aclose()
+        if self._http is not None:
+            await self._http.aclose()
+        if self._http_server is not None and self._http_task is not None:
+            self._http_server.should_exit = True
+            try:
+                await asyncio.wait_for(self._http_task, 5)
+            except TimeoutError:
+                self._http_server.force_exit = True
+        logger.info("gitstafette client stopped")

@@ -1,0 +1,291 @@
+"""The acknowledged stream, from the client's side: connect, subscribe, receive, settle, reconnect.
+
+One :class:`Stream` is one connection: the client subscribes, the server answers ``subscribed`` and then
+sends events and heartbeats; each event is acknowledged (or reported failed) *on the stream it came on*,
+because the server only accepts settlements for the events that connection holds. When a stream ends,
+whatever it did not settle is sent again on the next one.
+
+:class:`Consumer` keeps one stream open, trying the configured servers in turn with exponential backoff
+and full jitter. It logs a change of state once (connected, disconnected, reconnecting); a failed retry
+only at debug level, unless it failed for a new reason (another gRPC status).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import grpc
+
+from gitstafette._proto import gitstafette_pb2 as pb
+from gitstafette._proto import gitstafette_pb2_grpc as pb_grpc
+from gitstafette.client.metrics import ClientMetrics
+from gitstafette.client.relay import wait_for_any
+from gitstafette.client.retry import Backoff
+from gitstafette.config import ClientConfig
+from gitstafette.constants import HEADER_EVENT
+from gitstafette.model import WebhookEvent
+
+__all__ = ["Consumer", "ConsumerState", "Received", "Stream", "event_from_relayed"]
+
+logger = logging.getLogger("gitstafette.client.consumer")
+
+#: A stream that lasted this long was a good one: the next reconnect starts from the shortest backoff.
+STABLE_STREAM_S = 5.0
+
+ConsumerState = Literal["connecting", "connected", "disconnected", "reconnecting", "stopped"]
+
+
+def event_from_relayed(message: pb.RelayedEvent) -> WebhookEvent:
+    """A relayed event as the model's ``WebhookEvent``, headers exactly as the server sent them."""
+    headers = tuple((header.name, header.values) for header in message.webhook_event.headers)
+    event_type = next((value for name, value in headers if name.lower() == HEADER_EVENT.lower()), "")
+    return WebhookEvent(
+        repository_id=message.repository_id,
+        delivery_id=message.webhook_event.event_id,
+        event_type=event_type,
+        body=message.webhook_event.body,
+        headers=headers,
+        received_at_ns=message.received_at_unix_nanos,
+        sequence=message.sequence,
+    )
+
+
+class Stream:
+    """One acknowledged stream: the messages to send on it, and the repositories it serves now."""
+
+    def __init__(self, stream_id: int, server: str) -> None:
+        self.id = stream_id
+        self.server = server
+        self.server_id = ""
+        #: repositories the server says this stream serves (another stream of the same client id has the rest)
+        self.repositories: tuple[str, ...] = ()
+        self.subscribed = False
+        self.subscribed_at = 0.0
+        #: set when the stream has ended: what was received on it and not settled will come again
+        self.ended = asyncio.Event()
+        self._finishing = False
+        self._outbox: asyncio.Queue[pb.StreamRequest | None] = asyncio.Queue()
+
+    @property
+    def closed(self) -> bool:
+        return self.ended.is_set()
+
+    def send(self, request: pb.StreamRequest) -> bool:
+        """Queue a message; False when the stream is ending and it would never be sent."""
+        if self.closed or self._finishing:
+            return False
+        self._outbox.put_nowait(request)
+        return True
+
+    def ack(self, repository_id: str, sequence: int) -> bool:
+        return self.send(pb.StreamRequest(ack=pb.Ack(repository_id=repository_id, sequence=sequence)))
+
+    def fail(self, repository_id: str, sequence: int, reason: str, status_code: int) -> bool:
+        failure = pb.Failure(repository_id=repository_id, sequence=sequence, reason=reason, status_code=status_code)
+        return self.send(pb.StreamRequest(failure=failure))
+
+    def finish(self) -> None:
+        """Half-close after what is queued: the server then ends the stream too."""
+        if not self._finishing:
+            self._finishing = True
+            self._outbox.put_nowait(None)
+
+    def close(self) -> None:
+        self.ended.set()
+        self.finish()
+
+    async def requests(self) -> AsyncIterator[pb.StreamRequest]:
+        while (request := await self._outbox.get()) is not None:
+            yield request
+
+    def __repr__(self) -> str:
+        return f"Stream(id={self.id}, server={self.server!r}, repositories={list(self.repositories)})"
+
+
+@dataclass(frozen=True)
+class Received:
+    """An event, the stream to settle it on, and how often the server sent it to this client id before.
+
+    :param replay: the server sends a settled event again on request (a dead letter being replayed): it
+        is delivered even though its sequence was settled before.
+    """
+
+    stream: Stream
+    event: WebhookEvent
+    redelivery: int
+    replay: bool = False
+
+
+class _StreamEnded(Exception):
+    """Why a stream ended (or never started)."""
+
+
+class Consumer:
+    """Keeps one acknowledged stream open and hands every event it receives to ``on_event``.
+
+    :param on_event: called for each event, on the event loop; it must not block.
+    """
+
+    def __init__(self, config: ClientConfig, on_event: Callable[[Received], None], metrics: ClientMetrics) -> None:
+        self.config = config
+        self.on_event = on_event
+        self.metrics = metrics
+        self.state: ConsumerState = "connecting"
+        self.current: Stream | None = None
+        self.backoff = Backoff(config.reconnect_initial_delay_s, config.reconnect_max_delay_s)
+        self._closing = asyncio.Event()
+        self._stream_ids = 0
+
+    def _channel_options(self) -> list[tuple[str, int]]:
+        size = self.config.grpc_max_message_bytes
+        return [
+            ("grpc.max_receive_message_length", size),
+            ("grpc.max_send_message_length", size),
+            # Pings keep NAT tables and proxies from dropping an idle stream, and find a dead peer.
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            # Each attempt gets a fresh channel; a shared subchannel would carry over gRPC's own backoff.
+            ("grpc.use_local_subchannel_pool", 1),
+        ]
+
+    def _channel(self, server: str) -> grpc.aio.Channel:
+        if self.config.insecure:
+            return grpc.aio.insecure_channel(server, options=self._channel_options())
+        return grpc.aio.secure_channel(server, grpc.ssl_channel_credentials(), options=self._channel_options())
+
+    def _set_state(self, state: ConsumerState) -> bool:
+        changed = state != self.state
+        self.state = state
+        self.metrics.connected.set(1 if state == "connected" else 0)
+        return changed
+
+    async def run(self) -> None:
+        """Connect, stream, reconnect; until :meth:`close`."""
+        servers = self.config.servers
+        index = 0
+        failures = 0
+        #: the gRPC status (or other first word) of the last failure: a new kind of failure is worth a line
+        failure_kind = ""
+        while not self._closing.is_set():
+            server = servers[index % len(servers)]
+            self._stream_ids += 1
+            stream = Stream(self._stream_ids, server)
+            self.current = stream
+            try:
+                await self._stream(stream, failures)
+                reason = "the server ended the stream"
+            except _StreamEnded as exc:
+                reason = str(exc)
+            except Exception as exc:  # a bug must not end the client: log it whole and reconnect
+                logger.exception("stream %d to %s failed unexpectedly", stream.id, server)
+                reason = f"{type(exc).__name__}: {exc}"
+            finally:
+                stream.close()
+            if self._closing.is_set():
+                break
+            if stream.subscribed:
+                # A stream that ends as soon as it began (a server failing each one) backs off as a failure does.
+                lasted_s = time.monotonic() - stream.subscribed_at
+                failures = 0 if lasted_s >= STABLE_STREAM_S else failures + 1
+                failure_kind = ""
+                if self._set_state("disconnected"):
+                    logger.warning("disconnected from %s: %s", server, reason)
+            else:
+                failures += 1
+                index += 1
+                self.metrics.connection_failures.inc()
+                kind, failure_kind = failure_kind, reason.split(":", 1)[0]
+                if self._set_state("reconnecting") or kind != failure_kind:
+                    logger.warning(
+                        "reconnecting: %s: %s (retrying %s with backoff up to %.0fs)",
+                        server,
+                        reason,
+                        ", ".join(servers),
+                        self.config.reconnect_max_delay_s,
+                    )
+                else:
+                    logger.debug("attempt %d: %s: %s", failures, server, reason)
+            await wait_for_any(self.backoff.delay_s(max(0, failures - 1), random.random), self._closing)
+        self._set_state("stopped")
+
+    async def _stream(self, stream: Stream, failures: int) -> None:
+        """Run one stream until it ends; raises ``_StreamEnded`` with the reason unless it ended cleanly."""
+        config = self.config
+        channel = self._channel(stream.server)
+        call = None
+        try:
+            stub = pb_grpc.GitstafetteStub(channel)  # type: ignore[no-untyped-call]
+            call = stub.StreamWebhookEvents(stream.requests())
+            stream.send(
+                pb.StreamRequest(
+                    subscribe=pb.Subscribe(client_id=config.client_id, repository_ids=list(config.repositories))
+                )
+            )
+            while True:
+                try:
+                    async with asyncio.timeout(config.idle_timeout_s):
+                        message = await call.read()
+                except TimeoutError:
+                    raise _StreamEnded(f"heard nothing for {config.idle_timeout_s:g}s") from None
+                if message is grpc.aio.EOF:
+                    return
+                self._receive(stream, message, failures)
+        except grpc.aio.AioRpcError as exc:
+            raise _StreamEnded(f"{exc.code().name}: {exc.details()}") from exc
+        finally:
+            if call is not None:
+                call.cancel()
+            await channel.close()
+
+    def _receive(self, stream: Stream, message: pb.StreamResponse, failures: int) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "event":
+            if self._closing.is_set():
+                return  # shutting down: left unacknowledged, the server sends it again next time
+            relayed = message.event
+            logger.debug(
+                "stream %d: received %s#%d (redelivery %d%s)",
+                stream.id,
+                relayed.repository_id,
+                relayed.sequence,
+                relayed.redelivery,
+                ", replay" if relayed.replay else "",
+            )
+            self.metrics.events_received.labels(relayed.repository_id).inc()
+            self.on_event(Received(stream, event_from_relayed(relayed), relayed.redelivery, relayed.replay))
+        elif kind == "subscribed":
+            repositories = tuple(message.subscribed.repository_ids)
+            first = not stream.subscribed
+            if first:
+                stream.subscribed_at = time.monotonic()
+            stream.subscribed = True
+            stream.server_id = message.subscribed.server_id
+            if first:
+                self.metrics.connections.inc()
+            if self._set_state("connected"):
+                logger.info(
+                    "connected to %s (server %s)%s: serving repositories %s",
+                    stream.server,
+                    stream.server_id,
+                    f" after {failures + 1} attempts" if failures else "",
+                    ",".join(repositories) or "(none: other connections of this client id hold them)",
+                )
+            elif repositories != stream.repositories:
+                logger.info("now serving repositories %s", ",".join(repositories) or "(none)")
+            stream.repositories = repositories
+        # a heartbeat only proves the stream is alive, which reading it already did
+
+    def close(self) -> None:
+        """Stop reconnecting; send what is queued and half-close the stream, so that :meth:`run` returns once
+        the server has ended it too (the caller bounds that wait)."""
+        self._closing.set()
+        if self.current is not None:
+            self.current.finish()
