@@ -13,8 +13,8 @@ import typer
 
 from gitstafette import __version__, constants
 from gitstafette.config import ClientConfig, ServerConfig, StoreConfig, Watchlist, parse_duration, parse_size
-from gitstafette.exceptions import ConfigError
 from gitstafette.events_cli import events_app
+from gitstafette.exceptions import ConfigError
 from gitstafette.logs import configure_logging
 
 __all__ = ["app", "main"]

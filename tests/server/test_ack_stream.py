@@ -217,3 +217,21 @@ async def test_replay_of_an_unknown_event_is_refused(server: ServerProcess) -> N
         assert bad.status_code == 400
         unknown = await http.post(f"{server.url}/v1/dead-letters/replay", json={"client_id": "x", "repository_id": "5"})
         assert unknown.status_code == 404
+
+
+async def test_a_name_not_seen_yet_is_served_once_its_first_event_arrives(server: ServerProcess) -> None:
+    """A client may start before a repository's first webhook and subscribe by owner/name."""
+    async with AckStream(server.grpc_target, "early", ["186853261", "Codertocat/Hello-World"]) as stream:
+        async with httpx.AsyncClient() as http:
+            # The numeric subscription is served at once, although the name is still unknown.
+            ping, ping_body, ping_repository = github_request(FIXTURES / "ping.0.json")
+            assert ping_repository == "186853261"
+            assert (await http.post(f"{server.url}/v1/github/", headers=ping, content=ping_body)).status_code == 201
+            first = await stream.next_event()
+            assert first is not None and first.repository_id == "186853261"
+            # The first webhook of Codertocat/Hello-World (a repository hook, routed by its id) names it.
+            push, push_body, push_repository = github_request(FIXTURES / "push.0.json")
+            assert (await http.post(f"{server.url}/v1/github/", headers=push, content=push_body)).status_code == 201
+        second = await stream.next_event()
+        assert second is not None and second.repository_id == push_repository
+        assert second.webhook_event.event_id == push["X-GitHub-Delivery"]

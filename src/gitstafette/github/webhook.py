@@ -26,11 +26,14 @@ def parse_webhook(
     body: bytes,
     watchlist: Watchlist,
     received_at_ns: int,
+    known_names: Mapping[str, str] | None = None,
 ) -> WebhookEvent:
     """Validate one webhook and route it to a repository.
 
     :param headers: the request headers by lower-case name.
     :param raw_headers: the request headers in the order received (names in any case).
+    :param known_names: repository id → owner/name already known; a repository hook for an id listed here
+        is routed without parsing its body at all.
     :raises WebhookRejected: 400 for a malformed request, 406 for one that is not for a watched repository.
     """
     delivery_id = headers.get("x-github-delivery", "").strip()
@@ -49,6 +52,13 @@ def parse_webhook(
         repository_id = target_id
         if not watchlist.watches_id(repository_id) and watchlist.names:
             full_name = _repository(_payload(headers, body))[1]
+        elif known_names is not None and repository_id not in known_names:
+            # Once per repository: learn its owner/name, so clients can subscribe by name. A body that
+            # does not parse is still relayed as it was for a repository hook routed by its header.
+            try:
+                full_name = _repository(_payload(headers, body))[1]
+            except WebhookRejected:
+                pass
     else:
         repository_id, full_name = _repository(_payload(headers, body))
         if not repository_id:

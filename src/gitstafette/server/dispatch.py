@@ -279,6 +279,17 @@ class Dispatcher:
         group.rebalance()
         return connection
 
+    def extend(self, connection: Connection, repository_ids: list[str]) -> None:
+        """The connection wants more repositories (owner/name subscriptions that resolved later)."""
+        group = self._groups.get(connection.client_id)
+        if group is None or connection not in group.connections:
+            return
+        connection.wanted = list(dict.fromkeys([*connection.wanted, *repository_ids]))
+        logger.info(
+            "client %s: connection %d now also wants %s", connection.client_id, connection.id, ",".join(repository_ids)
+        )
+        group.rebalance()
+
     async def disconnect(self, connection: Connection) -> None:
         group = self._groups.get(connection.client_id)
         if group is None or connection not in group.connections:

@@ -51,10 +51,22 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
 
     async def _repository(self, spec: str, context: grpc.aio.ServicerContext) -> str:
         """The repository id a request names, or abort with a status that says what is wrong."""
+        repository_id = await self._lookup(spec, context)
+        assert repository_id is not None
+        return repository_id
+
+    async def _lookup(self, spec: str, context: grpc.aio.ServicerContext, unseen_names: bool = False) -> str | None:
+        """The repository id a request names, or abort with a status that says what is wrong.
+
+        With ``unseen_names``, a watched owner/name that no stored event has named yet gives None
+        instead of NOT_FOUND: the caller resolves it once its first event arrives.
+        """
         if not spec:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "repository_id is required")
         repository_id = await self.store.resolve_repository(spec)
         if repository_id is None:
+            if unseen_names and self.config.repositories.watches("", spec):
+                return None
             await context.abort(grpc.StatusCode.NOT_FOUND, f"repository {spec} has no events on this server yet")
         assert repository_id is not None
         name = "" if spec.isdigit() else spec
@@ -161,9 +173,11 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
         subscribe = first.subscribe
         if not subscribe.client_id or not subscribe.repository_ids:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Subscribe needs a client_id and repository_ids")
-        repository_ids = [await self._repository(spec, context) for spec in subscribe.repository_ids]
-        connection = self.dispatcher.connect(subscribe.client_id, repository_ids)
+        resolved = {spec: await self._lookup(spec, context, unseen_names=True) for spec in subscribe.repository_ids}
+        connection = self.dispatcher.connect(subscribe.client_id, [r for r in resolved.values() if r is not None])
+        unseen = [spec for spec, repository_id in resolved.items() if repository_id is None]
         reader = asyncio.create_task(self._read_settlements(request_iterator, connection))
+        resolver = asyncio.create_task(self._resolve_later(unseen, connection)) if unseen else None
         heartbeat_s = self.config.heartbeat_s
         try:
             while True:
@@ -196,10 +210,23 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
                     )
                 )
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            for task in (reader, resolver):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await self.dispatcher.disconnect(connection)
+
+    async def _resolve_later(self, names: list[str], connection: Connection) -> None:
+        """Add owner/name subscriptions to the connection as their first events arrive."""
+        logger.info("client %s: waiting for a first event of %s", connection.client_id, ", ".join(names))
+        while names and not self.store.notifier.closed:
+            await self.store.notifier.wait_any(timeout=None)
+            found = {name: await self.store.resolve_repository(name) for name in names}
+            names = [name for name, repository_id in found.items() if repository_id is None]
+            ids = [repository_id for repository_id in found.values() if repository_id is not None]
+            if ids:
+                self.dispatcher.extend(connection, ids)
 
     async def _read_settlements(
         self, request_iterator: AsyncIterator[pb.StreamRequest], connection: Connection

@@ -110,19 +110,25 @@ class _Endpoints:
         self.ingest = ingest
         self.registry = registry
         self.dispatcher = dispatcher
+        #: repository id → owner/name, learnt from the first webhook of each repository
+        self.names: dict[str, str] = {}
 
     async def webhook(self, request: Request) -> Response:
         received_at_ns = time.time_ns()
         try:
             body = await _read_body(request, self.config.max_body_bytes)
             raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
-            event = parse_webhook(request.headers, raw_headers, body, self.config.repositories, received_at_ns)
+            event = parse_webhook(
+                request.headers, raw_headers, body, self.config.repositories, received_at_ns, self.names
+            )
         except WebhookRejected as exc:
             return self._refuse(request, exc)
         except ClientDisconnect:
             logger.info("webhook sender went away before the body was complete")
             return Response(status_code=400)
         outcome = await self.ingest.store_event(event)
+        if event.repository_name and outcome.status_code in (201, 204):
+            self.names[event.repository_id] = event.repository_name
         if outcome.status_code == 204:
             return Response(status_code=204)
         if outcome.status_code != 201 or outcome.event is None:
