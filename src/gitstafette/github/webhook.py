@@ -52,7 +52,7 @@ def parse_webhook(
         repository_id = target_id
         if not watchlist.watches_id(repository_id) and watchlist.names:
             full_name = _repository(_payload(headers, body))[1]
-        elif known_names is not None and repository_id not in known_names:
+        elif known_names is not None and repository_id not in known_names and watchlist.watches_id(repository_id):
             # Once per repository: learn its owner/name, so clients can subscribe by name. A body that
             # does not parse is still relayed as it was for a repository hook routed by its header.
             try:
@@ -68,7 +68,8 @@ def parse_webhook(
                 "gitstafette relays repository events only",
             )
     if not watchlist.watches(repository_id, full_name):
-        raise WebhookRejected(406, f"repository {full_name or repository_id} is not watched by this server")
+        described = f"{repository_id} ({full_name})" if full_name else repository_id
+        raise WebhookRejected(406, f"repository {described} is not watched by this server")
     return WebhookEvent(
         repository_id=repository_id,
         delivery_id=delivery_id,
