@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import socket
 
-from gitstafette.server.server import _bind
+from gitstafette._http import bind_tcp as _bind
 
 
 def test_http_socket_is_tcp_so_asyncio_turns_nagle_off() -> None:

@@ -16,13 +16,10 @@ import asyncio
 import contextlib
 import logging
 import signal
-import socket
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
 
 import httpx
-import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -30,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gitstafette import __version__
+from gitstafette._http import EmbeddedHttpServer
 from gitstafette.client.consumer import Consumer, Received, Stream
 from gitstafette.client.metrics import ClientMetrics
 from gitstafette.client.relay import Relay, Settlement, TargetHealth, create_http_client, create_target
@@ -73,29 +71,6 @@ class _Lane:
         return known[1]
 
 
-class _HealthServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the client owns the signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and without it
-    # every keep-alive answer waits ~40 ms for the peer's delayed ACK (Nagle).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 class Client:
     """One gitstafette client: ``await Client(config).serve()`` runs until stopped.
 
@@ -116,8 +91,7 @@ class Client:
         self._relay: Relay | None = None
         self._health: TargetHealth | None = None
         self._consumer_task: asyncio.Task[None] | None = None
-        self._http_server: _HealthServer | None = None
-        self._http_task: asyncio.Task[None] | None = None
+        self._http_server: EmbeddedHttpServer | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -169,25 +143,11 @@ class Client:
         )
 
     async def _start_health_port(self) -> None:
-        sock = _bind(self.config.health_host, self.config.health_port)
-        self.health_port = sock.getsockname()[1]
-        self._http_server = _HealthServer(
-            uvicorn.Config(
-                self._health_app(),
-                log_config=None,
-                access_log=False,
-                lifespan="off",
-                server_header=False,
-                timeout_graceful_shutdown=1,
-            )
+        self._http_server = EmbeddedHttpServer(
+            self._health_app(), self.config.health_host, self.config.health_port, grace_s=1, name="health-http"
         )
-        self._http_task = asyncio.create_task(self._http_server.serve(sockets=[sock]), name="health-http")
-        while not self._http_server.started:
-            if self._http_task.done():
-                sock.close()
-                await self._http_task
-                raise OSError("the health port stopped during startup")
-            await asyncio.sleep(0.01)
+        await self._http_server.start()
+        self.health_port = self._http_server.port
 
     def _health_app(self) -> Starlette:
         async def health(request: Request) -> Response:
@@ -353,10 +313,6 @@ class Client:
             await self._relay.target.aclose()
         if self._http is not None:
             await self._http.aclose()
-        if self._http_server is not None and self._http_task is not None:
-            self._http_server.should_exit = True
-            try:
-                await asyncio.wait_for(self._http_task, 5)
-            except TimeoutError:
-                self._http_server.force_exit = True
+        if self._http_server is not None:
+            await self._http_server.stop()
         logger.info("gitstafette client stopped")

@@ -8,20 +8,17 @@ finish, end every stream cleanly, close the store), each step bounded by the shu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
-import socket
 import time
-from collections.abc import Iterator
 
 import grpc
-import uvicorn
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Gauge
 
+from gitstafette._http import EmbeddedHttpServer
 from gitstafette._proto import gitstafette_info_pb2, gitstafette_info_pb2_grpc, gitstafette_pb2, gitstafette_pb2_grpc
 from gitstafette.config import ServerConfig
 from gitstafette.exceptions import StoreError
@@ -46,26 +43,6 @@ _SERVICE_NAMES = (
 )
 
 
-class _HttpServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the gitstafette server owns the signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and without it every
-    # keep-alive answer waits for the peer's delayed ACK (about 40 ms).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
 class Server:
     """One gitstafette server: ``await Server(config).serve()`` runs until stopped."""
 
@@ -80,8 +57,7 @@ class Server:
         self.grpc_port = config.grpc_port
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._http: _HttpServer | None = None
-        self._http_task: asyncio.Task[None] | None = None
+        self._http: EmbeddedHttpServer | None = None
         self._grpc: grpc.aio.Server | None = None
         self._info = InfoService(config)
         Gauge("gitstafette_streams_connected", "Open acknowledged streams", registry=self.registry).set_function(
@@ -117,25 +93,10 @@ class Server:
         self._info.grpc_port = self.grpc_port
         await self._grpc.start()
 
-        sock = _bind(config.host, config.http_port)
-        self.http_port = sock.getsockname()[1]
         app = create_app(config, self.store, self.ingest, self.registry, self.dispatcher)
-        self._http = _HttpServer(
-            uvicorn.Config(
-                app,
-                log_config=None,
-                access_log=False,
-                lifespan="off",
-                timeout_graceful_shutdown=int(config.shutdown_grace_s),
-                server_header=False,
-            )
-        )
-        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="http")
-        while not self._http.started:
-            if self._http_task.done():
-                await self._http_task
-                raise OSError("the HTTP server stopped during startup")
-            await asyncio.sleep(0.01)
+        self._http = EmbeddedHttpServer(app, config.host, config.http_port, config.shutdown_grace_s)
+        await self._http.start()
+        self.http_port = self._http.port
 
         await self._set_health(True)
         self._tasks = [
@@ -218,12 +179,8 @@ class Server:
         for task in self._tasks:
             task.cancel()
         # 1. No new webhooks; in-flight requests finish (uvicorn waits up to the grace).
-        if self._http is not None and self._http_task is not None:
-            self._http.should_exit = True
-            try:
-                await asyncio.wait_for(self._http_task, grace + 1)
-            except (TimeoutError, asyncio.CancelledError):
-                self._http.force_exit = True
+        if self._http is not None:
+            await self._http.stop()
         # 2. Streams end cleanly: the acknowledged ones get end-of-stream, legacy ones wake and return.
         await self._set_health(False)
         self.dispatcher.close()
