@@ -159,3 +159,14 @@ def test_server_config_refuses_invalid_values(kwargs: dict[str, int], message: s
 
 def test_config_error_is_a_gitstafette_error() -> None:
     assert issubclass(ConfigError, GitstafetteError)
+
+
+def test_sqlite_url_may_trade_the_fsync_for_latency() -> None:
+    assert StoreConfig.from_url("sqlite:///a.db").synchronous == "full"
+    relaxed = StoreConfig.from_url("sqlite:////var/lib/g.db?synchronous=normal")
+    assert (relaxed.path, relaxed.synchronous) == ("/var/lib/g.db", "normal")
+    assert str(relaxed) == "sqlite:////var/lib/g.db?synchronous=normal"
+    with pytest.raises(ConfigError, match="synchronous"):
+        StoreConfig.from_url("sqlite:///a.db?synchronous=off")
+    with pytest.raises(ConfigError, match="synchronous"):
+        StoreConfig.from_url("sqlite:///a.db?cache=shared")

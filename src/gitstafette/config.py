@@ -6,7 +6,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from gitstafette import constants
 from gitstafette.exceptions import ConfigError
@@ -92,10 +92,15 @@ class Watchlist:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """Where events are kept, from a URL: ``memory://`` or ``sqlite:///path`` (``sqlite:////abs/path``)."""
+    """Where events are kept, from a URL: ``memory://`` or ``sqlite:///path`` (``sqlite:////abs/path``).
+
+    ``sqlite:///path?synchronous=normal`` trades the fsync of each commit for latency: a stored event then
+    survives a crash of the process but not a power cut of the machine.
+    """
 
     scheme: StoreScheme
     path: str = ""
+    synchronous: Literal["full", "normal"] = "full"
 
     @classmethod
     def from_url(cls, url: str) -> StoreConfig:
@@ -103,15 +108,20 @@ class StoreConfig:
         if parts.scheme == "memory":
             return cls("memory")
         if parts.scheme == "sqlite":
-            path = url[len("sqlite://") :]
-            path = path[1:] if path.startswith("/") else path
-            if not path:
+            path = parts.path[1:] if parts.path.startswith("/") else parts.path
+            if parts.netloc or not path:
                 raise ConfigError(f"store: {url!r} names no file; use sqlite:///relative.db or sqlite:////abs/path.db")
-            return cls("sqlite", path)
+            options = parse_qs(parts.query)
+            synchronous = options.pop("synchronous", ["full"])[-1].lower()
+            if synchronous not in ("full", "normal") or options:
+                raise ConfigError(f"store: {url!r}: the only option is ?synchronous=full (default) or normal")
+            return cls("sqlite", path, "normal" if synchronous == "normal" else "full")
         raise ConfigError(f"store: {url!r} has an unknown scheme; use memory:// or sqlite:///PATH")
 
     def __str__(self) -> str:
-        return "memory://" if self.scheme == "memory" else f"sqlite:///{self.path}"
+        if self.scheme == "memory":
+            return "memory://"
+        return f"sqlite:///{self.path}" + ("?synchronous=normal" if self.synchronous == "normal" else "")
 
 
 @dataclass(frozen=True)

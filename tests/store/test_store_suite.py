@@ -20,9 +20,10 @@ from gitstafette.store import EventStore, create_store
 BACKENDS: dict[str, Callable[[Path], str]] = {
     "memory": lambda tmp: "memory://",
     "sqlite": lambda tmp: f"sqlite:///{tmp / 'events.db'}",
+    "sqlite-normal": lambda tmp: f"sqlite:///{tmp / 'events.db'}?synchronous=normal",
 }
 #: backends whose data survives closing and reopening the store
-PERSISTENT = ["sqlite"]
+PERSISTENT = ["sqlite", "sqlite-normal"]
 
 REPO_A = "186853002"
 REPO_B = "537845873"

@@ -13,4 +13,4 @@ __all__ = ["AppendResult", "EventStore", "MemoryStore", "SQLiteStore", "create_s
 def create_store(config: StoreConfig) -> EventStore:
     if config.scheme == "memory":
         return MemoryStore()
-    return SQLiteStore(config.path)
+    return SQLiteStore(config.path, synchronous=config.synchronous)

@@ -14,10 +14,11 @@ import logging
 import queue
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from gitstafette.exceptions import StoreError, StoreUnavailable
 from gitstafette.model import DeadLetter, RepositoryState, WebhookEvent
@@ -31,6 +32,11 @@ T = TypeVar("T")
 
 #: Largest number of queued writes committed in one transaction.
 MAX_GROUP = 512
+#: The WAL is copied into the database by a thread of its own this often, not inside a webhook's commit.
+CHECKPOINT_INTERVAL_S = 0.5
+#: Recently stored events kept in memory, so an open stream gets a new event without reading it back.
+RECENT_EVENTS = 4096
+RECENT_BYTES = 32 * 1024 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS repositories (
@@ -86,6 +92,37 @@ def _connect(path: str) -> sqlite3.Connection:
     return connection
 
 
+class _RecentEvents:
+    """The newest committed events, oldest first, within a count and a byte budget."""
+
+    def __init__(self, max_events: int = RECENT_EVENTS, max_bytes: int = RECENT_BYTES) -> None:
+        self._events: OrderedDict[tuple[str, int], WebhookEvent] = OrderedDict()
+        self._bytes = 0
+        self._max_events = max_events
+        self._max_bytes = max_bytes
+
+    def add(self, event: WebhookEvent) -> None:
+        self._events[(event.repository_id, event.sequence)] = event
+        self._bytes += len(event.body)
+        while self._events and (len(self._events) > self._max_events or self._bytes > self._max_bytes):
+            _, dropped = self._events.popitem(last=False)
+            self._bytes -= len(dropped.body)
+
+    def after(self, repository_id: str, after_sequence: int, limit: int) -> list[WebhookEvent] | None:
+        """The events after ``after_sequence`` up to the newest, if the first of them is held; else None."""
+        found: list[WebhookEvent] = []
+        while len(found) < limit:
+            event = self._events.get((repository_id, after_sequence + 1 + len(found)))
+            if event is None:
+                break
+            found.append(event)
+        return found or None
+
+    def forget(self, repository_id: str, up_to_sequence: int) -> None:
+        for key in [k for k in self._events if k[0] == repository_id and k[1] <= up_to_sequence]:
+            self._bytes -= len(self._events.pop(key).body)
+
+
 def _row_to_event(row: tuple[Any, ...]) -> WebhookEvent:
     repository_id, sequence, delivery_id, event_type, name, received_at_ns, headers, body = row
     return WebhookEvent(
@@ -103,36 +140,60 @@ def _row_to_event(row: tuple[Any, ...]) -> WebhookEvent:
 class _Write:
     """One queued write: a function of the writer's connection, and where its result goes."""
 
-    __slots__ = ("function", "future", "loop")
+    __slots__ = ("durable", "function", "future", "loop")
 
-    def __init__(self, function: Callable[[sqlite3.Connection], Any], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, function: Callable[[sqlite3.Connection], Any], loop: asyncio.AbstractEventLoop, durable: bool
+    ) -> None:
         self.function = function
         self.loop = loop
+        #: False for writes a crash may lose (a cursor: the events are just sent again)
+        self.durable = durable
         self.future: asyncio.Future[Any] = loop.create_future()
 
-    def resolve(self, result: Any, error: BaseException | None) -> None:
-        def settle() -> None:
-            if self.future.done():
-                return
-            if error is not None:
-                self.future.set_exception(error)
-            else:
-                self.future.set_result(result)
+    def settle(self, result: Any, error: BaseException | None) -> None:
+        """Runs in the event loop."""
+        if self.future.done():
+            return
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(result)
 
-        self.loop.call_soon_threadsafe(settle)
+
+def _settle_all(group: list[_Write], results: list[Any], error: BaseException | None) -> None:
+    """Hand a committed group's results to the event loop: one wake-up per group, not per write."""
+    loops = {write.loop for write in group}
+    for loop in loops:
+
+        def settle(loop: asyncio.AbstractEventLoop = loop) -> None:
+            for write, result in zip(group, results, strict=True):
+                if write.loop is loop:
+                    write.settle(result, error)
+
+        try:
+            loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # that loop is closed: nobody waits any more
+            pass
 
 
 class SQLiteStore(EventStore):
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, synchronous: Literal["full", "normal"] = "full") -> None:
         super().__init__()
         self.path = path
-        self.url = f"sqlite:///{path}"
+        self.url = f"sqlite:///{path}" + ("?synchronous=normal" if synchronous == "normal" else "")
+        #: with "normal", commits are not fsynced: safe from a process crash, not from a power cut
+        self._durable_mode = "FULL" if synchronous == "full" else "NORMAL"
         self._writes: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gitstafette-sqlite-read")
         self._local = threading.local()
+        self._recent = _RecentEvents()
+        self._checkpointer: threading.Thread | None = None
+        self._closing = threading.Event()
         # Owned by the writer thread once it runs.
         self._last_sequence: dict[str, int] = {}
+        self._synchronous_full = True
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -147,10 +208,18 @@ class SQLiteStore(EventStore):
         self._last_sequence = {repository_id: last for repository_id, last in rows}
         for repository_id, last in rows:
             self.notifier.advance(repository_id, last)
+        # Checkpoints run in their own thread (below), so no webhook's commit waits for one.
+        connection.execute("PRAGMA wal_autocheckpoint=0")
+        connection.execute(f"PRAGMA synchronous={self._durable_mode}")
+        self._closing.clear()
         self._writer = threading.Thread(
             target=self._write_loop, args=(connection,), name="gitstafette-sqlite-write", daemon=True
         )
         self._writer.start()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="gitstafette-sqlite-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
         logger.info("SQLite store %s open (%d repositories)", self.path, len(rows))
 
     async def aclose(self) -> None:
@@ -158,7 +227,25 @@ class SQLiteStore(EventStore):
             self._writes.put(None)
             await asyncio.to_thread(self._writer.join)
             self._writer = None
+        self._closing.set()
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.join)
+            self._checkpointer = None
         self._readers.shutdown(wait=True)
+
+    def _checkpoint_loop(self) -> None:
+        connection = _connect(self.path)
+        try:
+            while not self._closing.wait(CHECKPOINT_INTERVAL_S):
+                try:
+                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as exc:
+                    logger.warning("SQLite checkpoint failed (retried): %s", exc)
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            logger.warning("SQLite final checkpoint failed: %s", exc)
+        finally:
+            connection.close()
 
     async def ping(self) -> None:
         if self._writer is None or not self._writer.is_alive():
@@ -191,6 +278,12 @@ class SQLiteStore(EventStore):
     def _commit(self, connection: sqlite3.Connection, group: list[_Write]) -> None:
         results: list[Any] = []
         try:
+            durable = any(write.durable for write in group)
+            if durable != self._synchronous_full:
+                # A group of cursor updates only need not wait for the disk; the next durable commit
+                # syncs the log with them in it.
+                connection.execute(f"PRAGMA synchronous={self._durable_mode if durable else 'NORMAL'}")
+                self._synchronous_full = durable
             connection.execute("BEGIN IMMEDIATE")
             for write in group:
                 results.append(write.function(connection))
@@ -201,17 +294,14 @@ class SQLiteStore(EventStore):
                 connection.execute("ROLLBACK")
             rows = connection.execute("SELECT repository_id, last_sequence FROM repositories").fetchall()
             self._last_sequence = dict(rows)
-            error = StoreError(f"SQLite write failed: {exc}")
-            for write in group:
-                write.resolve(None, error)
+            _settle_all(group, [None] * len(group), StoreError(f"SQLite write failed: {exc}"))
             return
-        for write, result in zip(group, results, strict=True):
-            write.resolve(result, None)
+        _settle_all(group, results, None)
 
-    async def _write(self, function: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, function: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
         if self._writer is None:
             raise StoreUnavailable("SQLite store is not open")
-        write = _Write(function, asyncio.get_running_loop())
+        write = _Write(function, asyncio.get_running_loop(), durable)
         self._writes.put(write)
         result: T = await write.future
         return result
@@ -250,6 +340,7 @@ class SQLiteStore(EventStore):
     async def append(self, event: WebhookEvent) -> AppendResult:
         result = await self._write(lambda c: self._append_in_writer(c, event))
         if result.created:
+            self._recent.add(result.event)
             self.notifier.advance(event.repository_id, result.event.sequence)
         return result
 
@@ -264,7 +355,7 @@ class SQLiteStore(EventStore):
                 "INSERT INTO repositories (repository_id) VALUES (?) ON CONFLICT DO NOTHING", (repository_id,)
             )
 
-        await self._write(write)
+        await self._write(write, durable=False)
 
     async def add_dead_letter(self, letter: DeadLetter) -> None:
         def write(connection: sqlite3.Connection) -> None:
@@ -308,6 +399,8 @@ class SQLiteStore(EventStore):
         return [sequence for (sequence,) in rows]
 
     async def prune(self, now_ns: int, retention_s: float, max_age_s: float) -> int:
+        pruned_up_to: dict[str, int] = {}
+
         def write(connection: sqlite3.Connection) -> int:
             pruned = 0
             repositories = [r for (r,) in connection.execute("SELECT repository_id FROM repositories")]
@@ -333,9 +426,13 @@ class SQLiteStore(EventStore):
                         "DELETE FROM events WHERE repository_id = ? AND sequence <= ?", (repository_id, upto)
                     )
                     pruned += cursor.rowcount
+                    pruned_up_to[repository_id] = upto
             return pruned
 
-        return await self._write(write)
+        pruned = await self._write(write)
+        for repository_id, upto in pruned_up_to.items():
+            self._recent.forget(repository_id, upto)
+        return pruned
 
     # ---- reads -----------------------------------------------------------------------------------
 
@@ -355,6 +452,9 @@ class SQLiteStore(EventStore):
     async def read_after(self, repository_id: str, after_sequence: int, limit: int = 100) -> list[WebhookEvent]:
         if self.notifier.latest(repository_id) <= after_sequence:
             return []
+        recent = self._recent.after(repository_id, after_sequence, limit)
+        if recent is not None:
+            return recent
         rows = await self._read(
             lambda c: c.execute(
                 f"SELECT {_EVENT_COLUMNS} FROM events WHERE repository_id = ? AND sequence > ? "
