@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.client.utils import (
     ClientProcess,
@@ -22,12 +20,6 @@ from tests.utils import ServerProcess, fixture_files, github_request, running_se
 
 #: Headers the HTTP client itself must add to a POST: nothing else beyond the event's own.
 FRAMING_HEADERS = {"host", "content-length"}
-
-
-@pytest.fixture
-def target() -> Iterator[RecordingTarget]:
-    with RecordingTarget() as target:
-        yield target
 
 
 def _events_of(server: ServerProcess, repository_id: str) -> list[dict[str, object]]:
