@@ -241,6 +241,28 @@ def send_webhook(
         raise typer.Exit(1)
 
 
+@app.command()
+def demo(
+    payload: Annotated[
+        Path | None, typer.Option(help="A webhook payload file to send instead of the built-in push event.")
+    ] = None,
+    event: Annotated[str, typer.Option(help="The X-GitHub-Event of the payload.")] = "push",
+    log_level: Annotated[str, typer.Option(envvar="GITSTAFETTE_LOG_LEVEL", help=LOG_LEVEL_HELP)] = "warning",
+) -> None:
+    """Relay one webhook through a server, a client and a target on free local ports, and show what arrived."""
+    from gitstafette.demo import builtin_payload, run_demo
+
+    configure_logging(log_level)
+    body = payload.read_bytes() if payload is not None else builtin_payload()
+    try:
+        report = asyncio.run(run_demo(body, event, typer.echo))
+    except (ValueError, TimeoutError, OSError) as exc:
+        typer.echo(f"gitstafette demo: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if report.received_body != body:
+        raise typer.Exit(1)
+
+
 app.add_typer(events_app)
 
 
