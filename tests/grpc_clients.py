@@ -12,12 +12,17 @@ from gitstafette._proto import gitstafette_pb2_grpc as pb_grpc
 OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.max_send_message_length", 64 * 1024 * 1024)]
 
 
+def bearer(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    """gRPC metadata carrying ``token`` as gitstafette's client sends it; None without a token."""
+    return None if token is None else (("authorization", f"Bearer {token}"),)
+
+
 class AckStream:
     """One connection of the acknowledged stream."""
 
-    def __init__(self, target: str, client_id: str, repository_ids: list[str]) -> None:
+    def __init__(self, target: str, client_id: str, repository_ids: list[str], token: str | None = None) -> None:
         self.channel = grpc.aio.insecure_channel(target, options=OPTIONS)
-        self.call = pb_grpc.GitstafetteStub(self.channel).StreamWebhookEvents()
+        self.call = pb_grpc.GitstafetteStub(self.channel).StreamWebhookEvents(metadata=bearer(token))
         self.client_id = client_id
         self.repository_ids = repository_ids
         self.assigned: list[str] = []

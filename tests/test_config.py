@@ -150,6 +150,10 @@ def test_server_config_accepts_port_zero_and_equal_retention_and_max_age() -> No
         ({"max_body_bytes": -5}, "max-body-size"),
         ({"retention_s": -1}, "retention"),
         ({"retention_s": 3600, "max_event_age_s": 60}, "max-event-age"),
+        ({"max_streams_per_client": -1}, "max-streams-per-client"),
+        ({"request_timeout_s": 0}, "request-timeout"),
+        ({"keep_alive_timeout_s": -1}, "keep-alive-timeout"),
+        ({"max_header_bytes": 100}, "max-header-size"),
     ],
 )
 def test_server_config_refuses_invalid_values(kwargs: dict[str, int], message: str) -> None:

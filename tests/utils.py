@@ -55,9 +55,11 @@ def github_request(path: Path, delivery_id: str | None = None) -> tuple[dict[str
 class ServerProcess:
     """``gitstafette server`` as a child process on ports it chose itself (port 0, read from its log)."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, program: list[str] | None = None) -> None:
         self.args = args
         self.env = {**os.environ, **(env or {})}
+        #: what runs ``server …``: gitstafette itself, or a script that wraps it (a test double of a store)
+        self.program = program or [sys.executable, "-m", "gitstafette"]
         self.lines: list[str] = []
         self.process: subprocess.Popen[str] | None = None
         self.http_port = 0
@@ -72,7 +74,7 @@ class ServerProcess:
         return f"127.0.0.1:{self.grpc_port}"
 
     def start(self, timeout: float = 30) -> ServerProcess:
-        command = [sys.executable, "-m", "gitstafette", "server", "--host", "127.0.0.1"]
+        command = [*self.program, "server", "--host", "127.0.0.1"]
         if "--http-port" not in self.args:
             command += ["--http-port", "0"]
         if "--grpc-port" not in self.args:
@@ -135,8 +137,10 @@ class ServerProcess:
 
 
 @contextmanager
-def running_server(*args: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
-    server = ServerProcess(*args, env=env).start()
+def running_server(
+    *args: str, env: dict[str, str] | None = None, program: list[str] | None = None
+) -> Iterator[ServerProcess]:
+    server = ServerProcess(*args, env=env, program=program).start()
     try:
         yield server
     finally:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Iterator
 
 import uvicorn
 from starlette.types import ASGIApp
+
+from gitstafette._http_limits import HttpLimits, limited_http_protocol
 
 __all__ = ["EmbeddedHttpServer", "bind_tcp"]
 
@@ -41,9 +44,21 @@ class EmbeddedHttpServer:
     """uvicorn serving ``app`` on ``host:port`` as a task of the running loop.
 
     :param grace_s: on ``stop``, how long requests in flight may take before connections are cut.
+    :param ssl_context: serve HTTPS with this context (kept, not copied: what changes in it, or what its
+        SNI callback switches to, applies to the next handshake).
+    :param limits: header size and deadlines for requests (uvicorn's defaults without).
     """
 
-    def __init__(self, app: ASGIApp, host: str, port: int, grace_s: float, name: str = "http") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str,
+        port: int,
+        grace_s: float,
+        name: str = "http",
+        ssl_context: ssl.SSLContext | None = None,
+        limits: HttpLimits | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.name = name
@@ -55,6 +70,9 @@ class EmbeddedHttpServer:
                 lifespan="off",
                 server_header=False,
                 timeout_graceful_shutdown=max(1, int(grace_s)),
+                ssl_context_factory=None if ssl_context is None else (lambda config, default: ssl_context),
+                http="auto" if limits is None else limited_http_protocol(limits),
+                timeout_keep_alive=5 if limits is None else max(1, round(limits.keep_alive_timeout_s)),
             )
         )
         self._grace_s = grace_s

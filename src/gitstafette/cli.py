@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +13,17 @@ import httpx
 import typer
 
 from gitstafette import __version__, constants
-from gitstafette.config import ClientConfig, ServerConfig, StoreConfig, Watchlist, parse_duration, parse_size
+from gitstafette.config import (
+    ClientConfig,
+    ClientTlsConfig,
+    Secret,
+    ServerConfig,
+    ServerTlsConfig,
+    StoreConfig,
+    Watchlist,
+    parse_duration,
+    parse_size,
+)
 from gitstafette.events_cli import events_app
 from gitstafette.exceptions import ConfigError
 from gitstafette.logs import configure_logging
@@ -38,6 +49,45 @@ RETENTION_HELP = "How long acknowledged events are kept (for inspection and repl
 MAX_AGE_HELP = "How long events that some client has not acknowledged are kept at most."
 MAX_BODY_HELP = "Largest webhook body accepted; larger ones get 413 (GitHub's own cap is 25 MB)."
 LOG_LEVEL_HELP = "debug, info, warning or error."
+TLS_CERT_HELP = (
+    "PEM certificate chain: both ports speak TLS with it (HTTPS and gRPC over TLS); give --tls-key too. "
+    "Without it both ports are plaintext."
+)
+TLS_KEY_HELP = "The PEM private key of --tls-cert (unencrypted; readable by the server only)."
+TLS_CLIENT_CA_HELP = (
+    "Mutual TLS on the gRPC port: clients must present a certificate signed by a CA in this PEM file. "
+    "The HTTP port asks for no client certificate: GitHub cannot present one."
+)
+TLS_RELOAD_HELP = (
+    "How often the certificate files are checked for a renewal; new connections then get the new certificate, "
+    "without a restart."
+)
+
+
+WEBHOOK_SECRET_HELP = (
+    "The secret of your GitHub webhooks: X-Hub-Signature-256 is checked (HMAC-SHA256) and a webhook without "
+    "a valid one gets 401. Prefer the environment variable: a command line is visible to other users."
+)
+WEBHOOK_SECRETS_FILE_HELP = (
+    "YAML (.yaml/.yml) or TOML (.toml) file of per-repository secrets: repository id or owner/name → secret "
+    "(--webhook-secret covers the others). Re-read on SIGHUP."
+)
+TOKENS_FILE_HELP = (
+    "YAML or TOML file of client tokens: a list 'tokens' of {sha256, client_id, repositories}; sha256 is "
+    "the token's hash (gitstafette hash-token). gRPC calls then need 'authorization: Bearer <token>'. "
+    "The environment variable OAUTH_TOKEN adds one token for every repository. Re-read on SIGHUP."
+)
+ADMIN_TOKEN_FILE_HELP = (
+    "File holding the admin token of the REST read API (/v1/events, /v1/dead-letters); the environment "
+    "variable GITSTAFETTE_ADMIN_TOKEN may hold it instead. Needed once any token is configured. Re-read on SIGHUP."
+)
+MAX_STREAMS_HELP = "Open acknowledged streams one client id may hold at once (replicas count); 0 = no limit."
+REQUEST_TIMEOUT_HELP = (
+    "An HTTP request's headers, and then its body, must each arrive within this (else 408): a slow sender "
+    "cannot hold the server."
+)
+MAX_HEADER_HELP = "Largest request line plus headers of an HTTP request (else 431)."
+KEEP_ALIVE_HELP = "An idle keep-alive HTTP connection is closed after this long."
 
 
 def _version(value: bool) -> None:
@@ -80,6 +130,32 @@ def server(
         str, typer.Option(envvar="GITSTAFETTE_SHUTDOWN_GRACE", help="How long in-flight work may take on shutdown.")
     ] = "10s",
     log_level: Annotated[str, typer.Option(envvar="GITSTAFETTE_LOG_LEVEL", help=LOG_LEVEL_HELP)] = "info",
+    tls_cert: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_CERT", help=TLS_CERT_HELP)] = "",
+    tls_key: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_KEY", help=TLS_KEY_HELP)] = "",
+    tls_client_ca: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_CLIENT_CA", help=TLS_CLIENT_CA_HELP)] = "",
+    tls_reload_interval: Annotated[
+        str, typer.Option(envvar="GITSTAFETTE_TLS_RELOAD_INTERVAL", help=TLS_RELOAD_HELP)
+    ] = "5s",
+    webhook_secret: Annotated[
+        str, typer.Option(envvar="GITSTAFETTE_WEBHOOK_SECRET", help=WEBHOOK_SECRET_HELP, show_default=False)
+    ] = "",
+    webhook_secrets_file: Annotated[
+        str, typer.Option(envvar="GITSTAFETTE_WEBHOOK_SECRETS_FILE", help=WEBHOOK_SECRETS_FILE_HELP)
+    ] = "",
+    tokens_file: Annotated[str, typer.Option(envvar="GITSTAFETTE_TOKENS_FILE", help=TOKENS_FILE_HELP)] = "",
+    admin_token_file: Annotated[
+        str, typer.Option(envvar="GITSTAFETTE_ADMIN_TOKEN_FILE", help=ADMIN_TOKEN_FILE_HELP)
+    ] = "",
+    max_streams_per_client: Annotated[
+        int, typer.Option(envvar="GITSTAFETTE_MAX_STREAMS_PER_CLIENT", help=MAX_STREAMS_HELP)
+    ] = constants.DEFAULT_MAX_STREAMS_PER_CLIENT,
+    request_timeout: Annotated[
+        str, typer.Option(envvar="GITSTAFETTE_REQUEST_TIMEOUT", help=REQUEST_TIMEOUT_HELP)
+    ] = "30s",
+    max_header_size: Annotated[str, typer.Option(envvar="GITSTAFETTE_MAX_HEADER_SIZE", help=MAX_HEADER_HELP)] = "64KiB",
+    keep_alive_timeout: Annotated[
+        str, typer.Option(envvar="GITSTAFETTE_KEEP_ALIVE_TIMEOUT", help=KEEP_ALIVE_HELP)
+    ] = "5s",
 ) -> None:
     """Receive GitHub webhooks over HTTP, store them, and stream them to clients over gRPC."""
     from gitstafette.server.server import Server
@@ -95,12 +171,30 @@ def server(
             max_event_age_s=parse_duration(max_event_age, "max-event-age"),
             max_body_bytes=parse_size(max_body_size, "max-body-size"),
             shutdown_grace_s=parse_duration(shutdown_grace, "shutdown-grace"),
+            tls=ServerTlsConfig(
+                cert=tls_cert,
+                key=tls_key,
+                client_ca=tls_client_ca,
+                reload_interval_s=parse_duration(tls_reload_interval, "tls-reload-interval"),
+            ),
+            webhook_secret=Secret.optional(webhook_secret),
+            webhook_secrets_file=webhook_secrets_file,
+            tokens_file=tokens_file,
+            oauth_token=Secret.optional(os.environ.get("OAUTH_TOKEN")),
+            admin_token=Secret.optional(os.environ.get("GITSTAFETTE_ADMIN_TOKEN")),
+            admin_token_file=admin_token_file,
+            max_streams_per_client=max_streams_per_client,
+            request_timeout_s=parse_duration(request_timeout, "request-timeout"),
+            max_header_bytes=parse_size(max_header_size, "max-header-size"),
+            keep_alive_timeout_s=parse_duration(keep_alive_timeout, "keep-alive-timeout"),
         )
     except ConfigError as exc:
         raise _fail(exc) from exc
     configure_logging(log_level)
     try:
         asyncio.run(Server(config).serve())
+    except ConfigError as exc:  # certificate files that cannot be used
+        raise _fail(exc) from exc
     except OSError as exc:
         typer.echo(f"gitstafette: cannot start the server: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -120,7 +214,29 @@ TARGET_HELP = (
     "(another gitstafette server, through WebhookEventPush)."
 )
 TARGET_HEALTH_HELP = "A URL on the target answering 2xx while it is healthy; delivery pauses while it does not."
-INSECURE_HELP = "Plaintext gRPC to the server (without it: TLS, trusting the system's roots)."
+INSECURE_HELP = (
+    "Plaintext gRPC to the server: the only way to turn TLS off (logged as a warning). "
+    "Without it: TLS, trusting the system's roots or --tls-ca."
+)
+CLIENT_TLS_CA_HELP = "PEM CA certificate(s) the server's certificate must chain to (default: the system's roots)."
+CLIENT_TLS_CERT_HELP = "PEM client certificate, for a server that asks for one (mutual TLS); give --tls-key too."
+CLIENT_TLS_KEY_HELP = "The PEM private key of --tls-cert (unencrypted)."
+TLS_SERVER_NAME_HELP = (
+    "Check the server's certificate for this name instead of the host in --server (rarely needed: "
+    "certificates from `gitstafette certs` carry IP addresses too)."
+)
+CLIENT_TOKEN_HELP = (
+    "The token this client presents to the server (authorization: Bearer …, on every call); "
+    "OAUTH_TOKEN works too. Prefer the environment: a command line is visible to other users."
+)
+CLIENT_WEBHOOK_SECRET_HELP = (
+    "GitHub's webhook secret: each event's X-Hub-Signature-256 is checked again on the raw bytes before "
+    "delivery; one that fails is never delivered and is reported to the server as a dead letter."
+)
+CLIENT_WEBHOOK_SECRETS_FILE_HELP = (
+    "Per-repository webhook secrets, the same YAML or TOML file as the server's (repository id or owner/name → secret)."
+)
+TARGET_TOKEN_HELP = "For a grpc:// target: the token the downstream gitstafette server gave this client."
 HEALTH_PORT_HELP = "Port for /health, /ready and /metrics (Prometheus); 0 picks a free one (it is logged)."
 MAX_DELIVERY_AGE_HELP = (
     "How long one event is retried (from its first attempt) before it is dead-lettered, e.g. 10m, 1h."
@@ -139,6 +255,10 @@ def client(
     ] = "",
     client_id: Annotated[str, typer.Option(envvar="GITSTAFETTE_CLIENT_ID", help=CLIENT_ID_HELP)] = "",
     insecure: Annotated[bool, typer.Option("--insecure", envvar="GITSTAFETTE_INSECURE", help=INSECURE_HELP)] = False,
+    tls_ca: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_CA", help=CLIENT_TLS_CA_HELP)] = "",
+    tls_cert: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_CERT", help=CLIENT_TLS_CERT_HELP)] = "",
+    tls_key: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_KEY", help=CLIENT_TLS_KEY_HELP)] = "",
+    tls_server_name: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_SERVER_NAME", help=TLS_SERVER_NAME_HELP)] = "",
     health_host: Annotated[
         str, typer.Option(envvar="GITSTAFETTE_HEALTH_HOST", help="Address for the health port.")
     ] = "0.0.0.0",
@@ -170,6 +290,19 @@ def client(
         typer.Option(envvar="GITSTAFETTE_SHUTDOWN_GRACE", help="How long a delivery under way may take on shutdown."),
     ] = "10s",
     log_level: Annotated[str, typer.Option(envvar="GITSTAFETTE_LOG_LEVEL", help=LOG_LEVEL_HELP)] = "info",
+    token: Annotated[
+        str,
+        typer.Option(envvar=["GITSTAFETTE_TOKEN", "OAUTH_TOKEN"], help=CLIENT_TOKEN_HELP, show_default=False),
+    ] = "",
+    webhook_secret: Annotated[
+        str, typer.Option(envvar="GITSTAFETTE_WEBHOOK_SECRET", help=CLIENT_WEBHOOK_SECRET_HELP, show_default=False)
+    ] = "",
+    webhook_secrets_file: Annotated[
+        str, typer.Option(envvar="GITSTAFETTE_WEBHOOK_SECRETS_FILE", help=CLIENT_WEBHOOK_SECRETS_FILE_HELP)
+    ] = "",
+    target_token: Annotated[
+        str, typer.Option(envvar="GITSTAFETTE_TARGET_TOKEN", help=TARGET_TOKEN_HELP, show_default=False)
+    ] = "",
 ) -> None:
     """Stream events from a gitstafette server over gRPC and deliver each one to the target, acknowledged."""
     # gRPC's C core logs each failed connection attempt itself; the client logs a change of state once.
@@ -185,6 +318,7 @@ def client(
             servers=ClientConfig.split(server or []) or ClientConfig.servers,
             client_id=client_id or socket.gethostname(),
             insecure=insecure,
+            tls=ClientTlsConfig(ca=tls_ca, cert=tls_cert, key=tls_key, server_name=tls_server_name),
             target_health_url=target_health_url,
             health_host=health_host,
             health_port=health_port,
@@ -196,6 +330,10 @@ def client(
             reconnect_max_delay_s=reconnect_max_delay_s,
             idle_timeout_s=parse_duration(idle_timeout, "idle-timeout"),
             shutdown_grace_s=parse_duration(shutdown_grace, "shutdown-grace"),
+            token=Secret.optional(token),
+            webhook_secret=Secret.optional(webhook_secret),
+            webhook_secrets_file=webhook_secrets_file,
+            target_token=Secret.optional(target_token),
         )
     except ConfigError as exc:
         raise _fail(exc) from exc
@@ -203,6 +341,8 @@ def client(
     runner = Client(config)
     try:
         asyncio.run(runner.serve())
+    except ConfigError as exc:  # TLS files that cannot be used
+        raise _fail(exc) from exc
     except OSError as exc:
         typer.echo(f"gitstafette: cannot start the client: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -241,6 +381,26 @@ def send_webhook(
         raise typer.Exit(1)
 
 
+@app.command("hash-token")
+def hash_token() -> None:
+    """Print the SHA-256 of a client token read from standard input, for the sha256 of a tokens file entry.
+
+    echo -n "$TOKEN" | gitstafette hash-token   (or run it and type the token; it is not echoed).
+    Make a token with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'
+    """
+    from gitstafette.server.auth import hash_token as sha256_of
+
+    if sys.stdin.isatty():
+        text = typer.prompt("token", hide_input=True, err=True)
+    else:
+        text = sys.stdin.read()
+    token = text.strip()
+    if not token:
+        typer.echo("gitstafette: no token on standard input", err=True)
+        raise typer.Exit(2)
+    typer.echo(sha256_of(token))
+
+
 @app.command()
 def demo(
     payload: Annotated[
@@ -261,6 +421,44 @@ def demo(
         raise typer.Exit(1) from exc
     if report.received_body != body:
         raise typer.Exit(1)
+
+
+CERTS_SERVER_NAME_HELP = (
+    "A name the server is reached by: a DNS name or an IP address (an IP SAN); repeat for several. "
+    "Default: localhost, 127.0.0.1 and ::1."
+)
+CERTS_CLIENT_NAME_HELP = "A client to issue a certificate for (client-NAME.pem); repeat for several. Default: client."
+
+
+@app.command()
+def certs(
+    out: Annotated[Path, typer.Option(help="Folder to write into (created when missing).")] = Path("certs"),
+    server_name: Annotated[list[str] | None, typer.Option("--server-name", help=CERTS_SERVER_NAME_HELP)] = None,
+    client_name: Annotated[list[str] | None, typer.Option("--client-name", help=CERTS_CLIENT_NAME_HELP)] = None,
+    days: Annotated[
+        int, typer.Option(help="How long the server and client certificates are valid, in days (the CA: 10 years).")
+    ] = 365,
+    force: Annotated[bool, typer.Option("--force", help="Replace certificates already in the folder.")] = False,
+) -> None:
+    """Create a development CA, a server certificate and client certificates, for trying (mutual) TLS.
+
+    Files: ca.pem, ca-key.pem, server.pem, server-key.pem, and client-NAME.pem with client-NAME-key.pem.
+
+    Keys are mode 0600. For production, use certificates from your own CA or a public one.
+    """
+    from gitstafette.certs import instructions, write_dev_certificates
+
+    server_names = ClientConfig.split(server_name or []) or ("localhost", "127.0.0.1", "::1")
+    client_names = ClientConfig.split(client_name or []) or ("client",)
+    try:
+        written = write_dev_certificates(out, server_names, client_names, valid_days=days, force=force)
+    except ConfigError as exc:
+        raise _fail(exc) from exc
+    except OSError as exc:
+        typer.echo(f"gitstafette: cannot write into {out}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    for line in instructions(written, server_names):
+        typer.echo(line)
 
 
 app.add_typer(events_app)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import socket
 from dataclasses import dataclass, field
@@ -13,7 +15,10 @@ from gitstafette.exceptions import ConfigError
 
 __all__ = [
     "ClientConfig",
+    "ClientTlsConfig",
+    "Secret",
     "ServerConfig",
+    "ServerTlsConfig",
     "StoreConfig",
     "Watchlist",
     "parse_duration",
@@ -47,6 +52,45 @@ def parse_size(text: str | int, name: str = "size") -> int:
         raise ConfigError(f"{name}: {text!r} is not a size (examples: 26214400, 25MiB, 512KB)")
     unit = (match.group(2) or "").lower().removesuffix("b")
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+class Secret:
+    """A token, password or webhook secret that never shows itself: ``repr``, ``str`` and f-strings print
+    ``**********``; only :meth:`reveal` gives the value, at the one place that needs it.
+
+    Equality is checked in constant time, so comparing a presented secret leaks nothing through timing.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash((Secret, hashlib.sha256(self._value.encode()).digest()))
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __str__(self) -> str:
+        return "**********"
+
+    @classmethod
+    def optional(cls, value: str | None) -> Secret | None:
+        """A Secret for a non-empty value (surrounding whitespace dropped), else None."""
+        value = (value or "").strip()
+        return cls(value) if value else None
 
 
 @dataclass(frozen=True)
@@ -125,6 +169,39 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class ServerTlsConfig:
+    """The server's certificate files; with none, both listeners speak plaintext.
+
+    :param cert: PEM certificate chain (the server's certificate first), for gRPC and HTTP.
+    :param key: its PEM private key (unencrypted).
+    :param client_ca: PEM CA certificate(s): gRPC clients must present a certificate one of them signed
+        (mutual TLS). Not asked on the HTTP port: GitHub sends webhooks without a client certificate.
+    :param reload_interval_s: how often the files are checked for a renewal.
+    """
+
+    cert: str = ""
+    key: str = ""
+    client_ca: str = ""
+    reload_interval_s: float = 5.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert)
+
+    @property
+    def mutual(self) -> bool:
+        return bool(self.client_ca)
+
+    def __post_init__(self) -> None:
+        if bool(self.cert) != bool(self.key):
+            raise ConfigError("tls-cert and tls-key go together: give both, or neither for plaintext")
+        if self.client_ca and not self.cert:
+            raise ConfigError("tls-client-ca needs tls-cert and tls-key: mutual TLS is TLS first")
+        if self.reload_interval_s <= 0:
+            raise ConfigError("tls-reload-interval must be positive")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Everything ``gitstafette server`` needs."""
 
@@ -139,10 +216,40 @@ class ServerConfig:
     heartbeat_s: float = constants.DEFAULT_HEARTBEAT_S
     shutdown_grace_s: float = constants.DEFAULT_SHUTDOWN_GRACE_S
     server_id: str = field(default_factory=socket.gethostname)
+    tls: ServerTlsConfig = field(default_factory=ServerTlsConfig)
+    # ---- security: webhook secrets, client tokens, the admin token, limits (see server/auth.py) ----
+    #: the webhook secret of every repository without one of its own
+    webhook_secret: Secret | None = None
+    #: YAML or TOML: repository id or owner/name → webhook secret (re-read on SIGHUP)
+    webhook_secrets_file: str = ""
+    #: YAML or TOML: SHA-256 hashes of client tokens → client id and repositories (re-read on SIGHUP)
+    tokens_file: str = ""
+    #: the original's single token (env OAUTH_TOKEN): every repository, the client id the request names
+    oauth_token: Secret | None = None
+    #: the token of the REST read API, given directly (env) or in a file (re-read on SIGHUP)
+    admin_token: Secret | None = None
+    admin_token_file: str = ""
+    #: open acknowledged streams per client id; 0 = no limit
+    max_streams_per_client: int = constants.DEFAULT_MAX_STREAMS_PER_CLIENT
+    #: how long the request line and headers, and then the body, of one HTTP request may take to arrive
+    request_timeout_s: float = constants.DEFAULT_REQUEST_TIMEOUT_S
+    max_header_bytes: int = constants.DEFAULT_MAX_HEADER_BYTES
+    #: an idle keep-alive HTTP connection is closed after this long
+    keep_alive_timeout_s: float = constants.DEFAULT_KEEP_ALIVE_TIMEOUT_S
 
     @property
     def grpc_max_message_bytes(self) -> int:
         return self.max_body_bytes + constants.GRPC_MESSAGE_OVERHEAD_BYTES
+
+    @property
+    def client_auth(self) -> bool:
+        """Whether gRPC clients must present a token."""
+        return bool(self.tokens_file or self.oauth_token)
+
+    @property
+    def admin_auth(self) -> bool:
+        """Whether the REST read API needs the admin token: once any token is configured."""
+        return self.client_auth or bool(self.admin_token or self.admin_token_file)
 
     def __post_init__(self) -> None:
         for name in ("http_port", "grpc_port"):
@@ -153,6 +260,12 @@ class ServerConfig:
             raise ConfigError("max-body-size must be positive")
         if self.retention_s < 0 or self.max_event_age_s < self.retention_s:
             raise ConfigError("retention must be >= 0 and max-event-age >= retention")
+        if self.max_streams_per_client < 0:
+            raise ConfigError("max-streams-per-client must be 0 (no limit) or more")
+        if self.request_timeout_s <= 0 or self.keep_alive_timeout_s <= 0:
+            raise ConfigError("request-timeout and keep-alive-timeout must be positive")
+        if self.max_header_bytes < 1024:
+            raise ConfigError("max-header-size must be at least 1KiB")
 
 
 TargetKind = Literal["http", "grpc"]
@@ -170,6 +283,30 @@ def _redact_url(url: str) -> str:
 
 
 @dataclass(frozen=True)
+class ClientTlsConfig:
+    """How the client's gRPC connection to the server is secured (unless ``ClientConfig.insecure``).
+
+    :param ca: PEM CA certificate(s) the server's certificate must chain to; empty: the system's roots.
+    :param cert: PEM client certificate chain, for servers that ask for one (mutual TLS).
+    :param key: its PEM private key (unencrypted).
+    :param server_name: check the server's certificate for this name instead of the host dialled.
+    """
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    server_name: str = ""
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.ca or self.cert or self.server_name)
+
+    def __post_init__(self) -> None:
+        if bool(self.cert) != bool(self.key):
+            raise ConfigError("tls-cert and tls-key go together: give both for mutual TLS, or neither")
+
+
+@dataclass(frozen=True)
 class ClientConfig:
     """Everything ``gitstafette client`` needs.
 
@@ -181,6 +318,8 @@ class ClientConfig:
         dead-lettered (time paused for an unhealthy target does not count).
     :param idle_timeout_s: a stream that carried nothing (no event, no heartbeat) this long is reconnected;
         the server sends a heartbeat at least every 15 s.
+    :param webhook_secret: with it (or ``webhook_secrets_file``), an event whose ``X-Hub-Signature-256``
+        does not match its body is never delivered: it is reported to the server as a dead letter.
     """
 
     repositories: tuple[str, ...]
@@ -202,6 +341,14 @@ class ClientConfig:
     idle_timeout_s: float = 45.0
     shutdown_grace_s: float = constants.DEFAULT_SHUTDOWN_GRACE_S
     grpc_max_message_bytes: int = 64 * 1024 * 1024
+    tls: ClientTlsConfig = field(default_factory=ClientTlsConfig)
+    #: sent as ``authorization: Bearer …`` on every call to the server
+    token: Secret | None = None
+    #: GitHub's webhook secret(s): each event's signature is checked again before it is delivered
+    webhook_secret: Secret | None = None
+    webhook_secrets_file: str = ""
+    #: for a ``grpc://`` target: the token the downstream server knows this client by
+    target_token: Secret | None = None
 
     @staticmethod
     def split(values: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -229,6 +376,8 @@ class ClientConfig:
         self._check_urls()
         if not self.client_id:
             raise ConfigError("client-id must not be empty")
+        if self.insecure and self.tls.configured:
+            raise ConfigError("insecure is plaintext: it cannot go with tls-ca, tls-cert, tls-key or tls-server-name")
         if not 0 <= self.health_port <= 65535:
             raise ConfigError(f"health-port: {self.health_port} is not a TCP port (0-65535)")
         self._check_durations()

@@ -6,8 +6,12 @@ __all__ = [
     "DEFAULT_GRPC_PORT",
     "DEFAULT_HEARTBEAT_S",
     "DEFAULT_HTTP_PORT",
+    "DEFAULT_KEEP_ALIVE_TIMEOUT_S",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_EVENT_AGE_S",
+    "DEFAULT_MAX_HEADER_BYTES",
+    "DEFAULT_MAX_STREAMS_PER_CLIENT",
+    "DEFAULT_REQUEST_TIMEOUT_S",
     "DEFAULT_RETENTION_S",
     "DEFAULT_SHUTDOWN_GRACE_S",
     "DEFAULT_SQLITE_PATH",
@@ -18,6 +22,7 @@ __all__ = [
     "HEADER_SIGNATURE_256",
     "HEADER_TARGET_ID",
     "HEADER_TARGET_TYPE",
+    "METADATA_AUTHORIZATION",
     "RELAYED_HEADER_PREFIXES",
     "RELAYED_HEADERS",
     "SERVICE_NAME",
@@ -42,6 +47,14 @@ DEFAULT_MAX_EVENT_AGE_S = 7 * 24 * 3600
 #: A stream that carried nothing for this long gets a heartbeat (proxies cut idle connections).
 DEFAULT_HEARTBEAT_S = 15.0
 DEFAULT_SHUTDOWN_GRACE_S = 10.0
+#: Open acknowledged streams one client id may hold (replicas of one client each hold one).
+DEFAULT_MAX_STREAMS_PER_CLIENT = 8
+#: The request line and headers, and then the body, of one HTTP request must each arrive within this.
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+#: Request line plus headers of one HTTP request, at most (GitHub sends about 1 KB).
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+#: An idle keep-alive HTTP connection is closed after this long (uvicorn's default).
+DEFAULT_KEEP_ALIVE_TIMEOUT_S = 5.0
 
 # GitHub's request headers (HTTP header names are case-insensitive; these are GitHub's spelling).
 HEADER_EVENT = "X-GitHub-Event"
@@ -50,6 +63,9 @@ HEADER_HOOK_ID = "X-GitHub-Hook-ID"
 HEADER_TARGET_TYPE = "X-GitHub-Hook-Installation-Target-Type"
 HEADER_TARGET_ID = "X-GitHub-Hook-Installation-Target-ID"
 HEADER_SIGNATURE_256 = "X-Hub-Signature-256"
+
+#: gRPC metadata (and HTTP header) carrying ``Bearer <token>``; gRPC metadata keys are lower case.
+METADATA_AUTHORIZATION = "authorization"
 
 #: Headers stored with an event and relayed to the target, by lower-case name or prefix.
 RELAYED_HEADERS = frozenset({"content-type", "user-agent"})

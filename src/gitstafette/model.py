@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from gitstafette._proto import gitstafette_pb2 as pb
 from gitstafette.constants import HEADER_DELIVERY, HEADER_EVENT, RELAYED_HEADER_PREFIXES, RELAYED_HEADERS
 
 __all__ = [
+    "AuditAction",
+    "AuditRecord",
     "DeadLetter",
     "RepositoryState",
     "WebhookEvent",
@@ -86,6 +89,22 @@ class DeadLetter:
     reason: str
     status_code: int
     failed_at_ns: int
+
+
+#: sent: the event went out on a client's stream; acknowledged: the client delivered it; failed: the
+#: client gave up on it (a dead letter)
+AuditAction = Literal["sent", "acknowledged", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """Which client id was sent, or settled, which event, and when."""
+
+    client_id: str
+    repository_id: str
+    sequence: int
+    action: AuditAction
+    at_ns: int
 
 
 @dataclass(frozen=True, slots=True)

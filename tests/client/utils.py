@@ -180,7 +180,16 @@ class RecordingTarget:
 class ClientProcess:
     """``gitstafette client`` as a child process with its health port on a free port (read from its log)."""
 
-    def __init__(self, servers: list[str], repositories: list[str], target: str, client_id: str, *args: str) -> None:
+    def __init__(
+        self,
+        servers: list[str],
+        repositories: list[str],
+        target: str,
+        client_id: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.env = {**os.environ, **(env or {})}
         self.command = [
             sys.executable,
             "-m",
@@ -217,7 +226,7 @@ class ClientProcess:
         self.lines = []
         self.health_port = 0
         self.process = subprocess.Popen(
-            self.command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=dict(os.environ)
+            self.command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=self.env
         )
         started = threading.Event()
         self._drainer = threading.Thread(target=self._drain, args=(self.process, started), daemon=True)
@@ -279,10 +288,15 @@ class ClientProcess:
 
 @contextmanager
 def running_client(
-    server: ServerProcess | list[str], repositories: list[str], target: str, client_id: str = "test-client", *args: str
+    server: ServerProcess | list[str],
+    repositories: list[str],
+    target: str,
+    client_id: str = "test-client",
+    *args: str,
+    env: dict[str, str] | None = None,
 ) -> Iterator[ClientProcess]:
     servers = [server.grpc_target] if isinstance(server, ServerProcess) else server
-    client = ClientProcess(servers, repositories, target, client_id, *args).start()
+    client = ClientProcess(servers, repositories, target, client_id, *args, env=env).start()
     try:
         yield client
     finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gitstafette.config import StoreConfig
-from gitstafette.model import DeadLetter, WebhookEvent
+from gitstafette.model import AuditRecord, DeadLetter, WebhookEvent
 from gitstafette.store import EventStore, create_store
 
 #: backend name → the store URL it is built from, in a per-test temporary folder
@@ -426,3 +426,50 @@ async def test_replays_survive_a_reopen(persistent_backend: Backend) -> None:
         await store.add_replays("ci", REPO_A, [1])
     async with persistent_backend.new() as store:
         assert await store.replays("ci", REPO_A) == [1]
+
+
+# ---- audit -------------------------------------------------------------------------------------
+
+
+async def test_audit_is_kept_per_event_in_the_order_recorded(store: EventStore) -> None:
+    for name in ("d1", "d2", "d3"):
+        await store.append(event(name))
+    await store.append(event("b1", REPO_B))
+    assert await store.audit(REPO_A) == []
+    first = [
+        AuditRecord("ci", REPO_A, 2, "sent", NOW_NS + 1),
+        AuditRecord("ci", REPO_A, 1, "sent", NOW_NS + 2),
+        AuditRecord("other", REPO_A, 1, "sent", NOW_NS + 3),
+        AuditRecord("ci", REPO_B, 1, "sent", NOW_NS + 4),
+    ]
+    second = [
+        AuditRecord("ci", REPO_A, 1, "acknowledged", NOW_NS + 5),
+        AuditRecord("other", REPO_A, 1, "failed", NOW_NS + 6),
+        AuditRecord("ci", REPO_A, 2, "acknowledged", NOW_NS + 7),
+    ]
+    await store.add_audit(first)
+    await store.add_audit(second)
+    await store.add_audit([])
+
+    assert await store.audit(REPO_A) == [first[1], first[2], second[0], second[1], first[0], second[2]]
+    assert await store.audit(REPO_B) == [first[3]]
+    assert await store.audit("999") == []
+
+
+async def test_audit_of_pruned_events_goes_with_them(store: EventStore) -> None:
+    for i in range(1, 4):
+        await store.append(event(f"d{i}", received_at_ns=NOW_NS - 100 * S_NS))
+    await store.add_audit([AuditRecord("ci", REPO_A, i, "acknowledged", NOW_NS + i) for i in range(1, 4)])
+    await store.set_cursor("ci", REPO_A, 2)
+
+    assert await store.prune(NOW_NS, retention_s=10, max_age_s=1000) == 2
+    assert [r.sequence for r in await store.audit(REPO_A)] == [3]
+
+
+async def test_audit_survives_a_reopen(persistent_backend: Backend) -> None:
+    record = AuditRecord("ci", REPO_A, 1, "sent", NOW_NS)
+    async with persistent_backend.new() as store:
+        await store.append(event("d1"))
+        await store.add_audit([record])
+    async with persistent_backend.new() as store:
+        assert await store.audit(REPO_A) == [record]

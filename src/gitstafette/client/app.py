@@ -33,7 +33,11 @@ from gitstafette.client.metrics import ClientMetrics
 from gitstafette.client.relay import Relay, Settlement, TargetHealth, create_http_client, create_target
 from gitstafette.client.retry import Backoff, RetryPolicy
 from gitstafette.config import ClientConfig
+from gitstafette.constants import HEADER_SIGNATURE_256
+from gitstafette.github.signature import WebhookSecrets
 from gitstafette.model import WebhookEvent
+from gitstafette.secret_files import load_webhook_secrets
+from gitstafette.tls import client_credentials, describe_client_tls
 
 __all__ = ["Client"]
 
@@ -92,6 +96,8 @@ class Client:
         self._health: TargetHealth | None = None
         self._consumer_task: asyncio.Task[None] | None = None
         self._http_server: EmbeddedHttpServer | None = None
+        #: GitHub's webhook secrets: loaded at startup, checked before every delivery when there are any
+        self.secrets = WebhookSecrets()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -116,6 +122,10 @@ class Client:
 
     async def startup(self) -> None:
         config = self.config
+        # A secrets file that cannot be used stops the client now (ConfigError).
+        self.secrets = load_webhook_secrets(config.webhook_secret, config.webhook_secrets_file)
+        if not config.insecure:
+            client_credentials(config.tls)  # TLS files that cannot be used stop the client now (ConfigError)
         self._http = http = create_http_client(config)
         target = create_target(config, http)
         if config.target_health_url:
@@ -127,8 +137,13 @@ class Client:
         )
         self._relay = Relay(target, policy, self.metrics, self._health)
         await self._start_health_port()
-        if not config.insecure:
-            logger.info("connecting with TLS (system trust roots); pass --insecure for plaintext gRPC")
+        if config.insecure:
+            logger.warning(
+                "plaintext: gRPC to the server without TLS (--insecure): events travel readable "
+                "and the server is not authenticated"
+            )
+        else:
+            logger.info("TLS to the server: %s", describe_client_tls(config.tls))
         self._consumer_task = asyncio.create_task(self.consumer.run(), name="consumer")
         self._consumer_task.add_done_callback(self._on_task_done)
         logger.info(
@@ -231,6 +246,11 @@ class Client:
                 self.metrics.settled.labels("already-settled").inc()
                 self._settle(stream, event, earlier)
                 continue
+            refused = self._check_signature(event)
+            if refused is not None:
+                lane.remember(event, refused)
+                self._settle(stream, event, refused)
+                continue
             lane.busy = True
             try:
                 settlement = await self._relay.deliver(event, self._stopping, stream.ended)
@@ -241,6 +261,28 @@ class Client:
             lane.remember(event, settlement)
             self._record(event, settlement)
             self._settle(stream, event, settlement)
+
+    def _check_signature(self, event: WebhookEvent) -> Settlement | None:
+        """A dead letter for an event whose GitHub signature does not hold (with a secret for its repository):
+        whatever the relay did to it, it is not delivered. None when it may be delivered."""
+        if not self.secrets.configured:
+            return None
+        problem = self.secrets.problem(
+            event.repository_id, event.body, event.header(HEADER_SIGNATURE_256), event.header("content-type") or ""
+        )
+        if problem is None:
+            return None
+        self.metrics.settled.labels("bad-signature").inc()
+        reason = f"refused by the client, not delivered: {problem} (altered after GitHub signed it, or another secret)"
+        logger.error(
+            "%s#%d (delivery %s, %d bytes) not delivered: %s; reported to the server as a dead letter",
+            event.repository_id,
+            event.sequence,
+            event.delivery_id,
+            len(event.body),
+            problem,
+        )
+        return Settlement(False, 0, reason, 0)
 
     def _record(self, event: WebhookEvent, settlement: Settlement) -> None:
         name = f"{event.repository_id}#{event.sequence}"

@@ -28,8 +28,10 @@ from gitstafette.client.metrics import ClientMetrics
 from gitstafette.client.relay import wait_for_any
 from gitstafette.client.retry import Backoff
 from gitstafette.config import ClientConfig
-from gitstafette.constants import HEADER_EVENT
+from gitstafette.constants import HEADER_EVENT, METADATA_AUTHORIZATION
+from gitstafette.exceptions import ConfigError
 from gitstafette.model import WebhookEvent
+from gitstafette.tls import client_channel_options, client_credentials
 
 __all__ = ["Consumer", "ConsumerState", "Received", "Stream", "event_from_relayed"]
 
@@ -141,8 +143,12 @@ class Consumer:
         self.backoff = Backoff(config.reconnect_initial_delay_s, config.reconnect_max_delay_s)
         self._closing = asyncio.Event()
         self._stream_ids = 0
+        #: the token goes as metadata on every call: call credentials would be refused on an insecure channel
+        self._metadata = (
+            ((METADATA_AUTHORIZATION, f"Bearer {config.token.reveal()}"),) if config.token is not None else None
+        )
 
-    def _channel_options(self) -> list[tuple[str, int]]:
+    def _channel_options(self) -> list[tuple[str, int | str]]:
         size = self.config.grpc_max_message_bytes
         return [
             ("grpc.max_receive_message_length", size),
@@ -159,7 +165,13 @@ class Consumer:
     def _channel(self, server: str) -> grpc.aio.Channel:
         if self.config.insecure:
             return grpc.aio.insecure_channel(server, options=self._channel_options())
-        return grpc.aio.secure_channel(server, grpc.ssl_channel_credentials(), options=self._channel_options())
+        # The files are read for each attempt: a renewed client certificate is used from the next one on.
+        try:
+            credentials = client_credentials(self.config.tls)
+        except ConfigError as exc:
+            raise _StreamEnded(str(exc)) from exc
+        options = [*self._channel_options(), *client_channel_options(self.config.tls)]
+        return grpc.aio.secure_channel(server, credentials, options=options)
 
     def _set_state(self, state: ConsumerState) -> bool:
         changed = state != self.state
@@ -223,7 +235,7 @@ class Consumer:
         call = None
         try:
             stub = pb_grpc.GitstafetteStub(channel)  # type: ignore[no-untyped-call]
-            call = stub.StreamWebhookEvents(stream.requests())
+            call = stub.StreamWebhookEvents(stream.requests(), metadata=self._metadata)
             stream.send(
                 pb.StreamRequest(
                     subscribe=pb.Subscribe(client_id=config.client_id, repository_ids=list(config.repositories))

@@ -23,6 +23,7 @@ from gitstafette._proto import gitstafette_pb2_grpc as pb_grpc
 from gitstafette.client.metrics import ClientMetrics
 from gitstafette.client.retry import RetryPolicy, Verdict, parse_retry_after, verdict_for_status
 from gitstafette.config import ClientConfig
+from gitstafette.constants import METADATA_AUTHORIZATION
 from gitstafette.model import WebhookEvent, event_to_pb
 
 __all__ = [
@@ -177,13 +178,16 @@ class GrpcTarget(Target):
         else:
             self.channel = grpc.aio.insecure_channel(self.address, options=options)
         self.stub = pb_grpc.GitstafetteStub(self.channel)  # type: ignore[no-untyped-call]
+        #: the downstream server's token for this client, if it wants one
+        token = config.target_token
+        self.metadata = ((METADATA_AUTHORIZATION, f"Bearer {token.reveal()}"),) if token is not None else None
 
     async def send(self, event: WebhookEvent) -> Attempt:
         request = pb.WebhookEventPushRequest(
             cliend_id=self.client_id, repository_id=event.repository_id, webhook_event=event_to_pb(event)
         )
         try:
-            response = await self.stub.WebhookEventPush(request, timeout=self.timeout_s)
+            response = await self.stub.WebhookEventPush(request, timeout=self.timeout_s, metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             verdict: Verdict = "retry" if code in _RETRYABLE_CODES else "dead-letter"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import uuid
 from pathlib import Path
@@ -19,13 +17,9 @@ from gitstafette.constants import (
     HEADER_TARGET_ID,
     HEADER_TARGET_TYPE,
 )
+from gitstafette.github.signature import signature_256
 
 __all__ = ["event_from_file_name", "github_headers", "send_webhook", "signature_256"]
-
-
-def signature_256(secret: str, body: bytes) -> str:
-    """``X-Hub-Signature-256``: ``sha256=`` and the hex HMAC-SHA256 of the raw body with the webhook secret."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def event_from_file_name(path: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from starlette.routing import Route
 from gitstafette._http import EmbeddedHttpServer
 from gitstafette.client.app import Client
 from gitstafette.client.webhook_sender import github_headers
-from gitstafette.config import ClientConfig, ServerConfig, StoreConfig, Watchlist
+from gitstafette.config import ClientConfig, Secret, ServerConfig, StoreConfig, Watchlist
 from gitstafette.server.server import Server
 
 __all__ = ["DemoReport", "builtin_payload", "run_demo"]
@@ -68,6 +69,9 @@ class _Target:
 async def run_demo(payload: bytes, event: str = "push", say: Callable[[str], None] = print) -> DemoReport:
     """Relay ``payload`` once through a real server and client to a local target."""
     report = DemoReport()
+    # Secured as it should be: GitHub's signature, checked by the server and again by the client, and a
+    # client token; both made up for this one run.
+    webhook_secret, token = Secret(secrets.token_urlsafe(24)), Secret(secrets.token_urlsafe(24))
     headers = github_headers(payload, event)
     repository_id = headers.get("X-GitHub-Hook-Installation-Target-ID", "")
     if headers.get("X-GitHub-Hook-Installation-Target-Type") != "repository" or not repository_id:
@@ -89,6 +93,8 @@ async def run_demo(payload: bytes, event: str = "push", say: Callable[[str], Non
             grpc_port=0,
             store=StoreConfig("memory"),
             shutdown_grace_s=2,
+            webhook_secret=webhook_secret,
+            oauth_token=token,
         )
     )
     client: Client | None = None
@@ -109,6 +115,8 @@ async def run_demo(payload: bytes, event: str = "push", say: Callable[[str], Non
                 health_host="127.0.0.1",
                 health_port=0,
                 shutdown_grace_s=2,
+                token=token,
+                webhook_secret=webhook_secret,
             )
         )
         await client.startup()
@@ -119,7 +127,7 @@ async def run_demo(payload: bytes, event: str = "push", say: Callable[[str], Non
             for attempt in ("first", "second"):
                 # The second webhook shows the relay warm: connections open, code paths loaded.
                 target.arrived.clear()
-                headers = github_headers(payload, event)
+                headers = github_headers(payload, event, secret=webhook_secret.reveal())
                 started = time.perf_counter()
                 response = await http.post(f"{report.server_http}/v1/github/", headers=headers, content=payload)
                 post_to_201_ms = (time.perf_counter() - started) * 1000

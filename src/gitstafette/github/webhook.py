@@ -15,7 +15,7 @@ from gitstafette.config import Watchlist
 from gitstafette.exceptions import WebhookRejected
 from gitstafette.model import WebhookEvent, relayed_headers
 
-__all__ = ["parse_webhook"]
+__all__ = ["parse_webhook", "repository_in_body"]
 
 _FORM = "application/x-www-form-urlencoded"
 
@@ -51,12 +51,12 @@ def parse_webhook(
     if target_type == "repository" and target_id:
         repository_id = target_id
         if not watchlist.watches_id(repository_id) and watchlist.names:
-            full_name = _repository(_payload(headers, body))[1]
+            full_name = _name_of(repository_id, _payload(headers, body))
         elif known_names is not None and repository_id not in known_names and watchlist.watches_id(repository_id):
             # Once per repository: learn its owner/name, so clients can subscribe by name. A body that
             # does not parse is still relayed as it was for a repository hook routed by its header.
             try:
-                full_name = _repository(_payload(headers, body))[1]
+                full_name = _name_of(repository_id, _payload(headers, body))
             except WebhookRejected:
                 pass
     else:
@@ -81,6 +81,15 @@ def parse_webhook(
     )
 
 
+def repository_in_body(body: bytes, content_type: str = "application/json") -> tuple[str, str]:
+    """(id, owner/name) of the repository the payload names; empty strings when it names none or the
+    body is not a payload at all."""
+    try:
+        return _repository(_payload({"content-type": content_type}, body))
+    except WebhookRejected:
+        return "", ""
+
+
 def _payload(headers: Mapping[str, str], body: bytes) -> Any:
     """The JSON payload, sent as JSON or as the ``payload`` field of a form."""
     if headers.get("content-type", "").split(";")[0].strip().lower() == _FORM:
@@ -97,6 +106,16 @@ def _payload(headers: Mapping[str, str], body: bytes) -> Any:
         return json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise WebhookRejected(400, f"body is not valid JSON: {exc}") from exc
+
+
+def _name_of(repository_id: str, payload: Any) -> str:
+    """The owner/name the payload gives for ``repository_id``; empty when it describes another repository.
+
+    A name is what watchlists and client tokens may grant by: it is only taken from a payload about the
+    very repository the hook was routed to.
+    """
+    body_id, full_name = _repository(payload)
+    return full_name if body_id == repository_id else ""
 
 
 def _repository(payload: Any) -> tuple[str, str]:

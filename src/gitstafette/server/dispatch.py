@@ -367,5 +367,9 @@ class Dispatcher:
             for connection in group.connections:
                 connection.close()
 
-    def connection_count(self) -> int:
+    def connection_count(self, client_id: str | None = None) -> int:
+        """Open connections, of every client id or of one."""
+        if client_id is not None:
+            group = self._groups.get(client_id)
+            return len(group.connections) if group else 0
         return sum(len(g.connections) for g in self._groups.values())

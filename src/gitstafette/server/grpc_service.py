@@ -7,7 +7,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
 
@@ -18,7 +18,10 @@ from gitstafette._proto import gitstafette_pb2 as pb
 from gitstafette._proto import gitstafette_pb2_grpc as pb_grpc
 from gitstafette.config import ServerConfig
 from gitstafette.exceptions import StoreError
+from gitstafette.github.webhook import repository_in_body
 from gitstafette.model import WebhookEvent, event_from_pb, event_to_pb
+from gitstafette.server.audit import AuditLog
+from gitstafette.server.auth import Authenticator, Grant, Session
 from gitstafette.server.dispatch import Connection, Dispatcher
 from gitstafette.server.ingest import Ingest
 from gitstafette.store import EventStore
@@ -43,11 +46,65 @@ def _fit_one_message(events: list[WebhookEvent], max_body_bytes: int) -> list[We
 
 
 class GitstafetteService(pb_grpc.GitstafetteServicer):
-    def __init__(self, config: ServerConfig, store: EventStore, ingest: Ingest, dispatcher: Dispatcher) -> None:
+    """``gitstafette.v1.Gitstafette``. Every RPC reads the caller's grant (its token was checked by the
+    interceptor) and refuses repositories outside it with PERMISSION_DENIED; a token's client id is the
+    one used, whatever the request claims."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: EventStore,
+        ingest: Ingest,
+        dispatcher: Dispatcher,
+        auth: Authenticator,
+        audit: AuditLog,
+    ) -> None:
         self.config = config
         self.store = store
         self.ingest = ingest
         self.dispatcher = dispatcher
+        self.auth = auth
+        self.audit = audit
+
+    async def _authorize(
+        self, grant: Grant, spec: str, context: grpc.aio.ServicerContext, body_name: str = ""
+    ) -> tuple[str, str]:
+        """Abort with PERMISSION_DENIED unless ``grant`` covers the repository ``spec`` names (an id or
+        owner/name); the (id, owner/name) it was allowed by.
+
+        Checked before the repository is looked up, so a token learns nothing of repositories it may not
+        read, not even whether they exist. ``body_name`` is the owner/name a pushed event's own payload
+        gives for the requested id.
+        """
+        if not spec or grant.allows_spec(spec):
+            return (spec, "") if spec.isdigit() else ("", spec)
+        repository_id = await self.store.resolve_repository(spec)
+        if repository_id is not None:
+            name = spec if not spec.isdigit() else await self._name_of(repository_id) or body_name
+            if grant.allows(repository_id, name):
+                return repository_id, name
+        who = f"client {grant.client_id}" if grant.client_id else "this token"
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{who} may not read repository {spec}")
+        raise AssertionError("abort returned")  # pragma: no cover
+
+    async def _name_of(self, repository_id: str) -> str:
+        state = await self.store.repository(repository_id)
+        return state.repository_name if state else ""
+
+    async def _wait_for_events(self, session: Session, repository_id: str, after: int, timeout: float) -> None:
+        """Wait for an event after ``after``, the timeout, or the end of the caller's token."""
+        if not self.auth.required:
+            await self.store.wait_for_events(repository_id, after, timeout=timeout)
+            return
+        waiters = [
+            asyncio.ensure_future(self.store.wait_for_events(repository_id, after, timeout=timeout)),
+            asyncio.ensure_future(session.revoked.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     async def _repository(self, spec: str, context: grpc.aio.ServicerContext) -> str:
         """The repository id a request names, or abort with a status that says what is wrong."""
@@ -85,16 +142,28 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
     async def FetchWebhookEvents(
         self, request: pb.WebhookEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WebhookEventsResponse]:
+        grant = await self.auth.grant(context)
+        allowed = await self._authorize(grant, request.repository_id, context)
         repository_id = await self._repository(request.repository_id, context)
-        client_id = request.client_id or context.peer()
+        client_id = grant.client_id_for(request.client_id) or context.peer()
         if request.last_received_event_id:
             after = request.last_received_event_id
         else:
             after = await self.store.start_cursor(client_id, repository_id)
         deadline = time.monotonic() + request.duration_secs if request.duration_secs else None
         logger.info("FetchWebhookEvents: client %s, repository %s, after %d", client_id, repository_id, after)
+        with self.auth.session(grant, [allowed]) as session:
+            async with contextlib.aclosing(self._fetch(session, client_id, repository_id, after, deadline)) as fetch:
+                async for response in fetch:
+                    yield response
+            if session.ended is not None:
+                await context.abort(*session.ended)
+
+    async def _fetch(
+        self, session: Session, client_id: str, repository_id: str, after: int, deadline: float | None
+    ) -> AsyncGenerator[pb.WebhookEventsResponse, None]:
         last_sent = time.monotonic()
-        while not self.store.notifier.closed:
+        while not self.store.notifier.closed and session.ended is None:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 break
@@ -102,6 +171,8 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
                 await self.store.read_after(repository_id, after, limit=100), self.config.max_body_bytes
             )
             if events:
+                for event in events:
+                    self.audit.record(client_id, repository_id, event.sequence, "sent")
                 yield pb.WebhookEventsResponse(webhook_events=[event_to_pb(e) for e in events])
                 after = events[-1].sequence
                 last_sent = time.monotonic()
@@ -115,14 +186,20 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
                 yield pb.WebhookEventsResponse()  # heartbeat: keeps proxies from cutting the stream
                 last_sent = time.monotonic()
                 continue
-            await self.store.wait_for_events(repository_id, after, timeout=wait)
+            await self._wait_for_events(session, repository_id, after, wait)
 
     async def WebhookEventPush(
         self, request: pb.WebhookEventPushRequest, context: grpc.aio.ServicerContext
     ) -> pb.WebhookEventPushResponse:
+        grant = await self.auth.grant(context)
         if not request.repository_id or not request.HasField("webhook_event"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "repository_id and webhook_event are required")
         event = event_from_pb(request.webhook_event, request.repository_id, time.time_ns())
+        body_name = ""
+        if not grant.allows_spec(request.repository_id):
+            body_id, name = repository_in_body(event.body, event.header("content-type") or "application/json")
+            body_name = name if body_id == request.repository_id else ""
+        await self._authorize(grant, request.repository_id, context, body_name)
         outcome = await self.ingest.store_event(event)
         return pb.WebhookEventPushResponse(
             response_code=str(outcome.status_code),
@@ -135,10 +212,13 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
             server_id=self.config.server_id, count=count, repository_id=repository_id, status=status
         )
 
-    async def _statuses(self, client_id: str) -> dict[str, pb.WebhookEventStatusResponse]:
-        """Per repository: events retained, or with a client id, events that client has not acknowledged."""
+    async def _statuses(self, client_id: str, grant: Grant) -> dict[str, pb.WebhookEventStatusResponse]:
+        """Per repository the grant covers: events retained, or with a client id, events that client has not
+        acknowledged."""
         answers = {}
         for state in await self.store.repositories():
+            if not grant.allows(state.repository_id, state.repository_name):
+                continue
             if client_id:
                 cursor = state.cursors.get(client_id, state.first_sequence - 1)
                 count = max(0, state.last_sequence - max(cursor, state.first_sequence - 1))
@@ -151,14 +231,19 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
     async def WebhookEventStatus(
         self, request: pb.WebhookEventStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.WebhookEventStatusResponse:
+        grant = await self.auth.grant(context)
+        await self._authorize(grant, request.repository_id, context)
         repository_id = await self._repository(request.repository_id, context)
-        answer = (await self._statuses(request.client_id)).get(repository_id)
-        return answer or self._status(request.client_id, repository_id, 0, "OK")
+        client_id = grant.client_id_for(request.client_id)
+        answer = (await self._statuses(client_id, grant)).get(repository_id)
+        return answer or self._status(client_id, repository_id, 0, "OK")
 
     async def WebhookEventStatuses(
         self, request: pb.WebhookEventStatusesRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WebhookEventStatusResponse]:
-        for answer in (await self._statuses(request.client_id)).values():
+        grant = await self.auth.grant(context)
+        # No repository in the request: a token sees the repositories it may read, and only those.
+        for answer in (await self._statuses(grant.client_id_for(request.client_id), grant)).values():
             yield answer
 
     # ---- extension: the acknowledged stream ----------------------------------------------------
@@ -166,16 +251,44 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
     async def StreamWebhookEvents(
         self, request_iterator: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamResponse]:
+        grant = await self.auth.grant(context)
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("kind") != "subscribe":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a Subscribe")
         assert first is not None
         subscribe = first.subscribe
-        if not subscribe.client_id or not subscribe.repository_ids:
+        client_id = grant.client_id_for(subscribe.client_id)
+        if not client_id or not subscribe.repository_ids:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Subscribe needs a client_id and repository_ids")
+        if subscribe.client_id and subscribe.client_id != client_id:
+            logger.info("a stream claims client id %s; its token's, %s, is used", subscribe.client_id, client_id)
+        allowed = [await self._authorize(grant, spec, context) for spec in subscribe.repository_ids]
         resolved = {spec: await self._lookup(spec, context, unseen_names=True) for spec in subscribe.repository_ids}
-        connection = self.dispatcher.connect(subscribe.client_id, [r for r in resolved.values() if r is not None])
+        # No await from this check to connect(): two streams cannot both take the last place.
+        cap = self.config.max_streams_per_client
+        if cap and self.dispatcher.connection_count(client_id) >= cap:
+            logger.warning("client %s: stream refused, it has %d open already (the limit)", client_id, cap)
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"client {client_id} already has {cap} streams open, the most this server allows per client id "
+                "(--max-streams-per-client)",
+            )
+        connection = self.dispatcher.connect(client_id, [r for r in resolved.values() if r is not None])
         unseen = [spec for spec, repository_id in resolved.items() if repository_id is None]
+        with self.auth.session(grant, allowed) as session:
+            session.on_revoke(connection.close)
+            async with contextlib.aclosing(self._serve_stream(request_iterator, connection, unseen)) as responses:
+                async for response in responses:
+                    yield response
+            if session.ended is not None:
+                logger.info("client %s: connection %d ended: %s", client_id, connection.id, session.ended[1])
+                await context.abort(*session.ended)
+
+    async def _serve_stream(
+        self, request_iterator: AsyncIterator[pb.StreamRequest], connection: Connection, unseen: list[str]
+    ) -> AsyncGenerator[pb.StreamResponse, None]:
+        """One acknowledged stream, once subscribed: its events, assignments and heartbeats, while a task
+        reads its acknowledgements."""
         reader = asyncio.create_task(self._read_settlements(request_iterator, connection))
         resolver = asyncio.create_task(self._resolve_later(unseen, connection)) if unseen else None
         heartbeat_s = self.config.heartbeat_s
@@ -199,6 +312,8 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
                     )
                     continue
                 event, redelivery, replay = item
+                # Recorded as it is handed to gRPC: once yielded, its acknowledgement may come before we resume.
+                self.audit.record(connection.client_id, event.repository_id, event.sequence, "sent")
                 yield pb.StreamResponse(
                     event=pb.RelayedEvent(
                         repository_id=event.repository_id,
@@ -235,12 +350,15 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
             async for request in request_iterator:
                 kind = request.WhichOneof("kind")
                 if kind == "ack":
-                    await self.dispatcher.settle(connection, request.ack.repository_id, request.ack.sequence)
+                    ack = request.ack
+                    if await self.dispatcher.settle(connection, ack.repository_id, ack.sequence):
+                        self.audit.record(connection.client_id, ack.repository_id, ack.sequence, "acknowledged")
                 elif kind == "failure":
                     failure = request.failure
-                    await self.dispatcher.settle(
+                    if await self.dispatcher.settle(
                         connection, failure.repository_id, failure.sequence, (failure.reason, failure.status_code)
-                    )
+                    ):
+                        self.audit.record(connection.client_id, failure.repository_id, failure.sequence, "failed")
                 else:
                     logger.warning("client %s: ignoring a second %s on one stream", connection.client_id, kind)
         except (grpc.aio.AioRpcError, StoreError) as exc:

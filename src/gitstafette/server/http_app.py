@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -17,7 +18,9 @@ from gitstafette import __version__
 from gitstafette.config import ServerConfig
 from gitstafette.exceptions import StoreError, WebhookRejected
 from gitstafette.github.webhook import parse_webhook
-from gitstafette.model import DeadLetter, WebhookEvent
+from gitstafette.model import AuditRecord, DeadLetter, WebhookEvent
+from gitstafette.server.audit import AuditLog
+from gitstafette.server.auth import Authenticator
 from gitstafette.server.dispatch import Dispatcher
 from gitstafette.server.ingest import Ingest, Outcome
 from gitstafette.store import EventStore
@@ -34,12 +37,21 @@ def _problem(status_code: int, detail: str) -> JSONResponse:
     return JSONResponse({"status": status_code, "detail": detail}, status_code=status_code)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing with 413 as soon as it is known to exceed ``limit``.
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The request body, refusing with 413 as soon as it is known to exceed ``limit``, and with 408 when it
+    has not all arrived within ``timeout_s`` (a sender trickling bytes must not hold the server).
 
     A declared Content-Length over the limit is refused before a byte of the body is read; a chunked
     body is refused once what arrived passes the limit.
     """
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _receive_body(request, limit)
+    except TimeoutError:
+        raise WebhookRejected(408, f"the request body did not arrive within {timeout_s:g}s") from None
+
+
+async def _receive_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -62,9 +74,12 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _event_entry(
-    event: WebhookEvent, cursors: Mapping[str, int], dead: Mapping[tuple[str, int], DeadLetter]
+    event: WebhookEvent,
+    cursors: Mapping[str, int],
+    dead: Mapping[tuple[str, int], DeadLetter],
+    audit: Mapping[int, list[AuditRecord]],
 ) -> dict[str, Any]:
-    """One event of ``GET /v1/events/{repo}``, with each known client's state."""
+    """One event of ``GET /v1/events/{repo}``, with each known client's state and its audit trail."""
     clients: dict[str, dict[str, Any]] = {}
     for client_id, cursor in cursors.items():
         letter = dead.get((client_id, event.sequence))
@@ -79,6 +94,9 @@ def _event_entry(
         "received_at": event.received_at_ns / 1e9,
         "body_bytes": len(event.body),
         "clients": clients,
+        "audit": [
+            {"client_id": r.client_id, "action": r.action, "at": r.at_ns / 1e9} for r in audit.get(event.sequence, ())
+        ],
     }
 
 
@@ -104,19 +122,23 @@ class _Endpoints:
         ingest: Ingest,
         registry: CollectorRegistry,
         dispatcher: Dispatcher,
+        auth: Authenticator,
+        audit: AuditLog,
     ) -> None:
         self.config = config
         self.store = store
         self.ingest = ingest
         self.registry = registry
         self.dispatcher = dispatcher
+        self.auth = auth
+        self.audit = audit
         #: repository id → owner/name, learnt from the first webhook of each repository
         self.names: dict[str, str] = {}
 
     async def webhook(self, request: Request) -> Response:
         received_at_ns = time.time_ns()
         try:
-            body = await _read_body(request, self.config.max_body_bytes)
+            body = await _read_body(request, self.config.max_body_bytes, self.config.request_timeout_s)
             raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
             event = parse_webhook(
                 request.headers, raw_headers, body, self.config.repositories, received_at_ns, self.names
@@ -143,7 +165,7 @@ class _Endpoints:
         )
 
     def _refuse(self, request: Request, exc: WebhookRejected) -> Response:
-        label = {413: "too-large", 406: "rejected-unwatched"}.get(exc.status_code, "rejected-invalid")
+        label = {413: "too-large", 406: "rejected-unwatched", 408: "timeout"}.get(exc.status_code, "rejected-invalid")
         self.ingest.count(Outcome(exc.status_code, exc.detail, label))
         logger.info(
             "webhook %s refused with %d: %s",
@@ -152,7 +174,7 @@ class _Endpoints:
             exc.detail,
         )
         response = _problem(exc.status_code, exc.detail)
-        if exc.status_code == 413:
+        if exc.status_code in (408, 413):
             # The rest of the body is not read; the connection cannot be reused.
             response.headers["Connection"] = "close"
         return response
@@ -165,15 +187,19 @@ class _Endpoints:
 
     async def events(self, request: Request) -> Response:
         spec = request.path_params["repo"]
+        await self.audit.flush()  # what was recorded until now is shown
         repository_id = await self.store.resolve_repository(spec)
         state = await self.store.repository(repository_id) if repository_id else None
         if state is None:
             return _problem(404, f"no events stored for repository {spec}")
         dead = {(d.client_id, d.sequence): d for d in await self.store.dead_letters(state.repository_id)}
+        audit: dict[int, list[AuditRecord]] = {}
+        for record in await self.store.audit(state.repository_id):
+            audit.setdefault(record.sequence, []).append(record)
         listed: list[dict[str, Any]] = []
         after = state.first_sequence - 1
         while batch := await self.store.read_after(state.repository_id, after, limit=500):
-            listed.extend(_event_entry(event, state.cursors, dead) for event in batch)
+            listed.extend(_event_entry(event, state.cursors, dead, audit) for event in batch)
             after = batch[-1].sequence
         return JSONResponse(
             {
@@ -239,18 +265,51 @@ class _Endpoints:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _admin_only(auth: Authenticator, endpoint: Endpoint) -> Endpoint:
+    """``endpoint`` behind the admin token (once the server has any token configured)."""
+
+    async def guarded(request: Request) -> Response:
+        if auth.admin_allows(request.headers.get("authorization")):
+            return await endpoint(request)
+        if not auth.admin_configured:
+            return _problem(
+                403,
+                "this server has client tokens but no admin token, so its read API is closed: "
+                "start it with --admin-token-file or GITSTAFETTE_ADMIN_TOKEN",
+            )
+        logger.info("%s %s refused: no valid admin token", request.method, request.url.path)
+        response = _problem(
+            401,
+            "this read API needs the admin token: send 'Authorization: Bearer <admin token>' "
+            "(gitstafette events --admin-token, or GITSTAFETTE_ADMIN_TOKEN)",
+        )
+        response.headers["WWW-Authenticate"] = 'Bearer realm="gitstafette"'
+        return response
+
+    return guarded
+
+
 def create_app(
-    config: ServerConfig, store: EventStore, ingest: Ingest, registry: CollectorRegistry, dispatcher: Dispatcher
+    config: ServerConfig,
+    store: EventStore,
+    ingest: Ingest,
+    registry: CollectorRegistry,
+    dispatcher: Dispatcher,
+    auth: Authenticator,
+    audit: AuditLog,
 ) -> Starlette:
-    endpoints = _Endpoints(config, store, ingest, registry, dispatcher)
+    endpoints = _Endpoints(config, store, ingest, registry, dispatcher, auth, audit)
     routes = [
         Route("/v1/github/", endpoints.webhook, methods=["POST"]),
         Route("/v1/github", endpoints.webhook, methods=["POST"]),
         Route("/", endpoints.root, methods=["GET"]),
         Route("/v1/watchlist", endpoints.watchlist, methods=["GET"]),
-        Route("/v1/events/{repo:path}", endpoints.events, methods=["GET"]),
-        Route("/v1/dead-letters", endpoints.dead_letters, methods=["GET"]),
-        Route("/v1/dead-letters/replay", endpoints.replay, methods=["POST"]),
+        Route("/v1/events/{repo:path}", _admin_only(auth, endpoints.events), methods=["GET"]),
+        Route("/v1/dead-letters", _admin_only(auth, endpoints.dead_letters), methods=["GET"]),
+        Route("/v1/dead-letters/replay", _admin_only(auth, endpoints.replay), methods=["POST"]),
         Route("/healthz", endpoints.healthz, methods=["GET"]),
         Route("/readyz", endpoints.readyz, methods=["GET"]),
         Route("/metrics", endpoints.metrics, methods=["GET"]),

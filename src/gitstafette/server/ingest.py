@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
 
 from gitstafette.config import ServerConfig
+from gitstafette.constants import HEADER_SIGNATURE_256
 from gitstafette.exceptions import StoreError
+from gitstafette.github.signature import WebhookSecrets
 from gitstafette.model import WebhookEvent
 from gitstafette.store import EventStore
 
@@ -26,15 +28,28 @@ class Outcome:
 
     status_code: int
     detail: str
-    #: for the metrics label: stored, duplicate, rejected-unwatched, rejected-invalid, too-large, unavailable
+    #: for the metrics label: stored, duplicate, rejected-unwatched, rejected-invalid, rejected-signature,
+    #: too-large, timeout, unavailable
     outcome: str
     event: WebhookEvent | None = None
 
 
 class Ingest:
-    def __init__(self, config: ServerConfig, store: EventStore, registry: CollectorRegistry) -> None:
+    """Checks an incoming event (watched repository, signature) and stores it.
+
+    :param secrets: the webhook secrets; replaced as a whole when they are reloaded.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: EventStore,
+        registry: CollectorRegistry,
+        secrets: WebhookSecrets | None = None,
+    ) -> None:
         self.config = config
         self.store = store
+        self.secrets = secrets or WebhookSecrets(config.webhook_secret)
         self.received = Counter(
             "gitstafette_webhooks_received",
             "Webhooks received, by outcome",
@@ -53,6 +68,12 @@ class Ingest:
             return self.count(
                 Outcome(406, f"repository {event.repository_id} is not watched by this server", "rejected-unwatched")
             )
+        problem = self.secrets.configured and self.secrets.problem(
+            event.repository_id, event.body, event.header(HEADER_SIGNATURE_256), event.header("content-type") or ""
+        )
+        if problem:
+            logger.warning("delivery %s for repository %s refused: %s", event.delivery_id, event.repository_id, problem)
+            return self.count(Outcome(401, f"signature check failed: {problem}", "rejected-signature"))
         try:
             result = await self.store.append(event)
         except StoreError as exc:

@@ -19,14 +19,19 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Gauge
 
 from gitstafette._http import EmbeddedHttpServer
+from gitstafette._http_limits import HttpLimits
 from gitstafette._proto import gitstafette_info_pb2, gitstafette_info_pb2_grpc, gitstafette_pb2, gitstafette_pb2_grpc
 from gitstafette.config import ServerConfig
-from gitstafette.exceptions import StoreError
+from gitstafette.exceptions import ConfigError, StoreError
+from gitstafette.secret_files import load_webhook_secrets
+from gitstafette.server.audit import AuditLog
+from gitstafette.server.auth import Authenticator, AuthInterceptor
 from gitstafette.server.dispatch import Dispatcher
 from gitstafette.server.grpc_service import GitstafetteService, InfoService
 from gitstafette.server.http_app import create_app
 from gitstafette.server.ingest import Ingest
 from gitstafette.store import EventStore, create_store
+from gitstafette.tls import ServerTls
 
 __all__ = ["Server"]
 
@@ -44,13 +49,22 @@ _SERVICE_NAMES = (
 
 
 class Server:
-    """One gitstafette server: ``await Server(config).serve()`` runs until stopped."""
+    """One gitstafette server: ``await Server(config).serve()`` runs until stopped.
+
+    SIGHUP re-reads the tokens file, the admin token file and the webhook secrets file (:meth:`reload`).
+
+    :raises ConfigError: a secrets or tokens file cannot be used.
+    """
 
     def __init__(self, config: ServerConfig, store: EventStore | None = None) -> None:
         self.config = config
+        # The files of secrets first: one that cannot be used stops the server before it opens anything.
+        self.auth = Authenticator(config)
+        secrets = load_webhook_secrets(config.webhook_secret, config.webhook_secrets_file)
         self.store = store or create_store(config.store)
         self.registry = CollectorRegistry()
-        self.ingest = Ingest(config, self.store, self.registry)
+        self.ingest = Ingest(config, self.store, self.registry, secrets)
+        self.audit = AuditLog(self.store)
         self.dispatcher = Dispatcher(self.store)
         self.health = HealthServicer()
         self.http_port = config.http_port
@@ -59,6 +73,8 @@ class Server:
         self._tasks: list[asyncio.Task[None]] = []
         self._http: EmbeddedHttpServer | None = None
         self._grpc: grpc.aio.Server | None = None
+        #: the certificate both listeners present, watched for renewal; None: plaintext
+        self.tls: ServerTls | None = None
         self._info = InfoService(config)
         Gauge("gitstafette_streams_connected", "Open acknowledged streams", registry=self.registry).set_function(
             lambda: self.dispatcher.connection_count()
@@ -71,13 +87,27 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             await self.startup()
             await self._stop.wait()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self.shutdown()
+
+    def reload(self) -> None:
+        """Re-read the files of tokens and secrets; open streams whose token still grants what they read go
+        on. A file that cannot be used leaves what is in use as it was."""
+        logger.info("reloading tokens and webhook secrets")
+        self.auth.reload()
+        if self.config.webhook_secrets_file:
+            try:
+                self.ingest.secrets = load_webhook_secrets(self.config.webhook_secret, self.config.webhook_secrets_file)
+            except ConfigError as exc:
+                logger.error("reload refused, the webhook secrets in use stay: %s", exc)
+                return
+            logger.info("webhook secrets reloaded: %d", len(self.ingest.secrets))
 
     def _on_signal(self, sig: int) -> None:
         logger.info("received %s: shutting down (grace %.0fs)", signal.Signals(sig).name, self.config.shutdown_grace_s)
@@ -85,16 +115,29 @@ class Server:
 
     async def startup(self) -> None:
         config = self.config
+        # The certificate first: files that cannot be used stop the server before it opens anything.
+        self.tls = ServerTls(config.tls) if config.tls.enabled else None
         await self.store.open()
         self._grpc = self._create_grpc_server()
-        self.grpc_port = self._grpc.add_insecure_port(f"{config.host}:{config.grpc_port}")
+        address = f"{config.host}:{config.grpc_port}"
+        if self.tls is None:
+            self.grpc_port = self._grpc.add_insecure_port(address)
+        else:
+            self.grpc_port = self._grpc.add_secure_port(address, self.tls.grpc_credentials())
         if self.grpc_port == 0:
             raise OSError(f"cannot listen for gRPC on {config.host}:{config.grpc_port}")
         self._info.grpc_port = self.grpc_port
         await self._grpc.start()
 
-        app = create_app(config, self.store, self.ingest, self.registry, self.dispatcher)
-        self._http = EmbeddedHttpServer(app, config.host, config.http_port, config.shutdown_grace_s)
+        app = create_app(config, self.store, self.ingest, self.registry, self.dispatcher, self.auth, self.audit)
+        self._http = EmbeddedHttpServer(
+            app,
+            config.host,
+            config.http_port,
+            config.shutdown_grace_s,
+            ssl_context=None if self.tls is None else self.tls.http_context(),
+            limits=HttpLimits(config.request_timeout_s, config.max_header_bytes, config.keep_alive_timeout_s),
+        )
         await self._http.start()
         self.http_port = self._http.port
 
@@ -102,7 +145,17 @@ class Server:
         self._tasks = [
             asyncio.create_task(self._watch_store(), name="health"),
             asyncio.create_task(self._prune_loop(), name="prune"),
+            asyncio.create_task(self.audit.run(), name="audit"),
         ]
+        self._warn_about_security()
+        if self.tls is None:
+            logger.warning(
+                "plaintext: HTTP and gRPC without TLS, so webhooks, events and tokens cross the network readable; "
+                "pass --tls-cert and --tls-key (or terminate TLS in front of both ports)"
+            )
+        else:
+            self.tls.log_startup()
+            self._tasks.append(asyncio.create_task(self.tls.watch(), name="tls-reload"))
         if config.repositories.everything:
             logger.warning("watching every repository: set --repositories to accept only yours")
         logger.info(
@@ -116,9 +169,31 @@ class Server:
             config.repositories,
         )
 
+    def _warn_about_security(self) -> None:
+        """Say once, at startup, what is left open."""
+        if not self.ingest.secrets.configured:
+            logger.warning(
+                "no webhook secret: anyone who can reach the webhook endpoint can post events; "
+                "set --webhook-secret or --webhook-secrets-file (the secret of your GitHub hooks)"
+            )
+        if not self.auth.required:
+            logger.warning(
+                "no client tokens: any gRPC client can read every repository; set --tokens-file or OAUTH_TOKEN"
+            )
+        elif not self.auth.admin_configured:
+            logger.info("no admin token: the REST read API stays closed; set --admin-token-file to open it")
+        logger.info(
+            "security: %d webhook secrets, %d client tokens, admin token %s, at most %s streams per client id",
+            len(self.ingest.secrets),
+            self.auth.token_count,
+            "set" if self.auth.admin_configured else "not set",
+            self.config.max_streams_per_client or "unlimited",
+        )
+
     def _create_grpc_server(self) -> grpc.aio.Server:
         size = self.config.grpc_max_message_bytes
         server = grpc.aio.server(
+            interceptors=[AuthInterceptor(self.auth)],
             options=[
                 ("grpc.max_send_message_length", size),
                 ("grpc.max_receive_message_length", size),
@@ -128,10 +203,10 @@ class Server:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                 ("grpc.http2.max_ping_strikes", 0),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         gitstafette_pb2_grpc.add_GitstafetteServicer_to_server(  # type: ignore[no-untyped-call]
-            GitstafetteService(self.config, self.store, self.ingest, self.dispatcher), server
+            GitstafetteService(self.config, self.store, self.ingest, self.dispatcher, self.auth, self.audit), server
         )
         gitstafette_info_pb2_grpc.add_InfoServicer_to_server(self._info, server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -187,6 +262,7 @@ class Server:
         self.store.notifier.close()
         if self._grpc is not None:
             await self._grpc.stop(grace)
-        # 3. Pending writes are committed, then the store is closed.
+        # 3. Pending writes are committed (the last audit records too), then the store is closed.
+        await self.audit.flush()
         await self.store.aclose()
         logger.info("gitstafette server stopped")

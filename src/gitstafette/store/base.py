@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from types import TracebackType
 from typing import NamedTuple
 
-from gitstafette.model import DeadLetter, RepositoryState, WebhookEvent
+from gitstafette.model import AuditRecord, DeadLetter, RepositoryState, WebhookEvent
 
 __all__ = ["AppendResult", "EventStore", "SequenceNotifier"]
 
@@ -80,7 +81,8 @@ class SequenceNotifier:
 
 
 class EventStore(ABC):
-    """Events per repository, each with an increasing sequence, plus per-client cursors and dead letters.
+    """Events per repository, each with an increasing sequence, plus per-client cursors, dead letters and
+    an audit trail (who was sent and who settled which event).
 
     A cursor is the highest sequence a client id has acknowledged for a repository; it only grows.
     Use as ``async with store:`` or call ``open()`` and ``aclose()``.
@@ -139,6 +141,15 @@ class EventStore(ABC):
     @abstractmethod
     async def settle_replay(self, client_id: str, repository_id: str, sequence: int, delivered: bool) -> None:
         """A replayed event was settled: forget the replay request, and when ``delivered`` its dead letter."""
+
+    @abstractmethod
+    async def add_audit(self, records: Sequence[AuditRecord]) -> None:
+        """Record who was sent and who settled which events (a batch; a crash may lose the latest ones)."""
+
+    @abstractmethod
+    async def audit(self, repository_id: str) -> list[AuditRecord]:
+        """The audit records of a repository's retained events, by sequence and then in the order added.
+        Records of pruned events go with them."""
 
     @abstractmethod
     async def repositories(self) -> list[RepositoryState]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gitstafette.model import DeadLetter, RepositoryState, WebhookEvent
+from gitstafette.model import AuditRecord, DeadLetter, RepositoryState, WebhookEvent
 from gitstafette.store.base import AppendResult, EventStore, prunable
 
 __all__ = ["MemoryStore"]
@@ -16,6 +17,7 @@ class _Repository:
     last_sequence: int = 0
     events: list[WebhookEvent] = field(default_factory=list)
     by_delivery: dict[str, int] = field(default_factory=dict)
+    audit: list[AuditRecord] = field(default_factory=list)
 
 
 class MemoryStore(EventStore):
@@ -83,6 +85,19 @@ class MemoryStore(EventStore):
             if (d.client_id, d.repository_id, d.sequence) != (client_id, repository_id, sequence)
         ]
 
+    async def add_audit(self, records: Sequence[AuditRecord]) -> None:
+        for record in records:
+            repo = self._repositories.get(record.repository_id)
+            if repo is not None:
+                repo.audit.append(record)
+
+    async def audit(self, repository_id: str) -> list[AuditRecord]:
+        repo = self._repositories.get(repository_id)
+        if repo is None:
+            return []
+        first = repo.events[0].sequence if repo.events else repo.last_sequence + 1
+        return sorted((r for r in repo.audit if r.sequence >= first), key=lambda r: r.sequence)
+
     async def repositories(self) -> list[RepositoryState]:
         return [
             RepositoryState(
@@ -108,6 +123,9 @@ class MemoryStore(EventStore):
                 drop += 1
             for event in repo.events[:drop]:
                 del repo.by_delivery[event.delivery_id]
+            if drop:
+                last_dropped = repo.events[drop - 1].sequence
+                repo.audit = [r for r in repo.audit if r.sequence > last_dropped]
             repo.events = repo.events[drop:]
             pruned += drop
         return pruned

@@ -15,13 +15,13 @@ import queue
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from gitstafette.exceptions import StoreError, StoreUnavailable
-from gitstafette.model import DeadLetter, RepositoryState, WebhookEvent
+from gitstafette.model import AuditRecord, DeadLetter, RepositoryState, WebhookEvent
 from gitstafette.store.base import AppendResult, EventStore, prunable
 
 __all__ = ["SQLiteStore"]
@@ -78,6 +78,14 @@ CREATE TABLE IF NOT EXISTS replays (
     sequence      INTEGER NOT NULL,
     PRIMARY KEY (client_id, repository_id, sequence)
 );
+CREATE TABLE IF NOT EXISTS audit (
+    repository_id TEXT NOT NULL,
+    sequence      INTEGER NOT NULL,
+    client_id     TEXT NOT NULL,
+    action        TEXT NOT NULL,
+    at_ns         INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_by_event ON audit (repository_id, sequence);
 """
 
 _EVENT_COLUMNS = "repository_id, sequence, delivery_id, event_type, repository_name, received_at_ns, headers, body"
@@ -389,6 +397,24 @@ class SQLiteStore(EventStore):
 
         await self._write(write)
 
+    async def add_audit(self, records: Sequence[AuditRecord]) -> None:
+        rows = [(r.repository_id, r.sequence, r.client_id, r.action, r.at_ns) for r in records]
+        if rows:
+            # Not durable: an audit batch rides along with the next group commit, and costs no fsync of its own.
+            await self._write(lambda c: c.executemany("INSERT INTO audit VALUES (?, ?, ?, ?, ?)", rows), durable=False)
+
+    async def audit(self, repository_id: str) -> list[AuditRecord]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT client_id, repository_id, sequence, action, at_ns FROM audit WHERE repository_id = ? "
+                "AND sequence >= COALESCE((SELECT MIN(sequence) FROM events WHERE repository_id = ?), "
+                "(SELECT last_sequence + 1 FROM repositories WHERE repository_id = ?), 0) "
+                "ORDER BY sequence, rowid",
+                (repository_id, repository_id, repository_id),
+            ).fetchall()
+        )
+        return [AuditRecord(*row) for row in rows]
+
     async def replays(self, client_id: str, repository_id: str) -> list[int]:
         rows = await self._read(
             lambda c: c.execute(
@@ -426,6 +452,9 @@ class SQLiteStore(EventStore):
                         "DELETE FROM events WHERE repository_id = ? AND sequence <= ?", (repository_id, upto)
                     )
                     pruned += cursor.rowcount
+                    connection.execute(
+                        "DELETE FROM audit WHERE repository_id = ? AND sequence <= ?", (repository_id, upto)
+                    )
                     pruned_up_to[repository_id] = upto
             return pruned
 
