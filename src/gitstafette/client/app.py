@@ -127,7 +127,7 @@ class Client:
         if not config.insecure:
             client_credentials(config.tls)  # TLS files that cannot be used stop the client now (ConfigError)
         self._http = http = create_http_client(config)
-        target = create_target(config, http)
+        target = create_target(config)
         if config.target_health_url:
             self._health = TargetHealth(config.target_health_url, config.target_health_display, http, self.metrics)
         policy = RetryPolicy(
