@@ -235,3 +235,18 @@ async def test_a_name_not_seen_yet_is_served_once_its_first_event_arrives(server
         second = await stream.next_event()
         assert second is not None and second.repository_id == push_repository
         assert second.webhook_event.event_id == push["X-GitHub-Delivery"]
+
+
+async def test_acknowledgements_may_travel_together(server: ServerProcess) -> None:
+    from gitstafette._proto import gitstafette_pb2 as pb
+
+    ids = await post(server, count=4)
+    async with AckStream(server.grpc_target, "batch", ["186853002"]) as stream:
+        events = [await stream.next_event() for _ in ids]
+        assert all(events)
+        acks = [pb.Ack(repository_id=e.repository_id, sequence=e.sequence) for e in events[:3] if e]
+        await stream.call.write(pb.StreamRequest(acks=pb.Acks(acks=acks)))
+        await _until_pending(server, "batch", 1)
+    async with AckStream(server.grpc_target, "batch", ["186853002"]) as stream:
+        again = await stream.next_event()
+        assert again is not None and again.webhook_event.event_id == ids[3]

@@ -89,14 +89,16 @@ class WebhookEventStatusResponse(_message.Message):
     def __init__(self, server_id: _Optional[str] = ..., count: _Optional[int] = ..., repository_id: _Optional[str] = ..., status: _Optional[str] = ...) -> None: ...
 
 class StreamRequest(_message.Message):
-    __slots__ = ("subscribe", "ack", "failure")
+    __slots__ = ("subscribe", "ack", "failure", "acks")
     SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
     subscribe: Subscribe
     ack: Ack
     failure: Failure
-    def __init__(self, subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ...) -> None: ...
+    acks: Acks
+    def __init__(self, subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., acks: _Optional[_Union[Acks, _Mapping]] = ...) -> None: ...
 
 class Subscribe(_message.Message):
     __slots__ = ("client_id", "repository_ids")
@@ -113,6 +115,12 @@ class Ack(_message.Message):
     repository_id: str
     sequence: int
     def __init__(self, repository_id: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
+
+class Acks(_message.Message):
+    __slots__ = ("acks",)
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    acks: _containers.RepeatedCompositeFieldContainer[Ack]
+    def __init__(self, acks: _Optional[_Iterable[_Union[Ack, _Mapping]]] = ...) -> None: ...
 
 class Failure(_message.Message):
     __slots__ = ("repository_id", "sequence", "reason", "status_code")

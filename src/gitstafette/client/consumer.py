@@ -103,7 +103,22 @@ class Stream:
         self.finish()
 
     async def requests(self) -> AsyncIterator[pb.StreamRequest]:
-        while (request := await self._outbox.get()) is not None:
+        """The queued messages, in order; acknowledgements that queued up meanwhile travel as one message."""
+        held: list[pb.StreamRequest | None] = []  # taken from the queue while gathering acks, sent next
+        while True:
+            request = held.pop() if held else await self._outbox.get()
+            if request is None:
+                return
+            if request.WhichOneof("kind") == "ack":
+                acks = [request.ack]
+                while not self._outbox.empty():
+                    following = self._outbox.get_nowait()
+                    if following is None or following.WhichOneof("kind") != "ack":
+                        held.append(following)
+                        break
+                    acks.append(following.ack)
+                if len(acks) > 1:
+                    request = pb.StreamRequest(acks=pb.Acks(acks=acks))
             yield request
 
     def __repr__(self) -> str:

@@ -349,10 +349,10 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
         try:
             async for request in request_iterator:
                 kind = request.WhichOneof("kind")
-                if kind == "ack":
-                    ack = request.ack
-                    if await self.dispatcher.settle(connection, ack.repository_id, ack.sequence):
-                        self.audit.record(connection.client_id, ack.repository_id, ack.sequence, "acknowledged")
+                if kind in ("ack", "acks"):
+                    for ack in [request.ack] if kind == "ack" else request.acks.acks:
+                        if await self.dispatcher.settle(connection, ack.repository_id, ack.sequence):
+                            self.audit.record(connection.client_id, ack.repository_id, ack.sequence, "acknowledged")
                 elif kind == "failure":
                     failure = request.failure
                     if await self.dispatcher.settle(
