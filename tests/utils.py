@@ -52,54 +52,41 @@ def github_request(path: Path, delivery_id: str | None = None) -> tuple[dict[str
     return headers, body, ""
 
 
-class ServerProcess:
-    """``gitstafette server`` as a child process on ports it chose itself (port 0, read from its log)."""
+class ChildProcess:
+    """A gitstafette command as a child process whose stderr is kept, line by line, in ``lines``.
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, program: list[str] | None = None) -> None:
-        self.args = args
+    A subclass says from which log line on the process counts as started (``_started_by``).
+    """
+
+    name = "process"
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
         self.env = {**os.environ, **(env or {})}
-        #: what runs ``server …``: gitstafette itself, or a script that wraps it (a test double of a store)
-        self.program = program or [sys.executable, "-m", "gitstafette"]
         self.lines: list[str] = []
         self.process: subprocess.Popen[str] | None = None
-        self.http_port = 0
-        self.grpc_port = 0
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+    def _started_by(self, line: str) -> bool:
+        raise NotImplementedError
 
-    @property
-    def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def start(self, timeout: float = 30) -> ServerProcess:
-        command = [*self.program, "server", "--host", "127.0.0.1"]
-        if "--http-port" not in self.args:
-            command += ["--http-port", "0"]
-        if "--grpc-port" not in self.args:
-            command += ["--grpc-port", "0"]
+    def _spawn(self, command: list[str], timeout: float) -> None:
         self.lines = []
         self.process = subprocess.Popen(
-            [*command, *self.args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=self.env
+            command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=self.env
         )
         started = threading.Event()
+        self._ready = False
         self._drainer = threading.Thread(target=self._drain, args=(self.process, started), daemon=True)
         self._drainer.start()
-        if not started.wait(timeout):
+        if not started.wait(timeout) or not self._ready:
             self.kill()
-            raise RuntimeError("server did not start:\n" + "".join(self.lines))
-        if not self.http_port:
-            raise RuntimeError("server exited during startup:\n" + "".join(self.lines))
-        return self
+            raise RuntimeError(f"{self.name} did not start:\n" + self.log())
 
     def _drain(self, process: subprocess.Popen[str], started: threading.Event) -> None:
         assert process.stderr is not None
         for line in process.stderr:
             self.lines.append(line)
-            match = _LISTENING.search(line)
-            if match:
-                self.http_port, self.grpc_port = int(match.group(1)), int(match.group(2))
+            if not self._ready and self._started_by(line):
+                self._ready = True
                 started.set()
         started.set()
         process.stderr.close()
@@ -123,6 +110,43 @@ class ServerProcess:
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+
+class ServerProcess(ChildProcess):
+    """``gitstafette server`` as a child process on ports it chose itself (port 0, read from its log)."""
+
+    name = "server"
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, program: list[str] | None = None) -> None:
+        super().__init__(env)
+        self.args = args
+        #: what runs ``server …``: gitstafette itself, or a script that wraps it (a test double of a store)
+        self.program = program or [sys.executable, "-m", "gitstafette"]
+        self.http_port = 0
+        self.grpc_port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def _started_by(self, line: str) -> bool:
+        match = _LISTENING.search(line)
+        if match:
+            self.http_port, self.grpc_port = int(match.group(1)), int(match.group(2))
+        return match is not None
+
+    def start(self, timeout: float = 30) -> ServerProcess:
+        command = [*self.program, "server", "--host", "127.0.0.1"]
+        if "--http-port" not in self.args:
+            command += ["--http-port", "0"]
+        if "--grpc-port" not in self.args:
+            command += ["--grpc-port", "0"]
+        self._spawn([*command, *self.args], timeout)
+        return self
 
     def wait_ready(self, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout

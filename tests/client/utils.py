@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +19,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.utils import FIXTURES, ServerProcess, github_request
+from tests.utils import FIXTURES, ChildProcess, ServerProcess, github_request
 
 _HEALTH = re.compile(r"listening: health=\S+:(\d+)")
 
@@ -177,8 +175,10 @@ class RecordingTarget:
         return [r.delivery_id for r in self.delivered()]
 
 
-class ClientProcess:
+class ClientProcess(ChildProcess):
     """``gitstafette client`` as a child process with its health port on a free port (read from its log)."""
+
+    name = "client"
 
     def __init__(
         self,
@@ -189,7 +189,7 @@ class ClientProcess:
         *args: str,
         env: dict[str, str] | None = None,
     ) -> None:
-        self.env = {**os.environ, **(env or {})}
+        super().__init__(env)
         self.command = [
             sys.executable,
             "-m",
@@ -214,41 +214,22 @@ class ClientProcess:
             "0.5s",
             *args,
         ]
-        self.lines: list[str] = []
-        self.process: subprocess.Popen[str] | None = None
         self.health_port = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.health_port}"
 
+    def _started_by(self, line: str) -> bool:
+        match = _HEALTH.search(line)
+        if match:
+            self.health_port = int(match.group(1))
+        return match is not None
+
     def start(self, timeout: float = 30) -> ClientProcess:
-        self.lines = []
         self.health_port = 0
-        self.process = subprocess.Popen(
-            self.command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=self.env
-        )
-        started = threading.Event()
-        self._drainer = threading.Thread(target=self._drain, args=(self.process, started), daemon=True)
-        self._drainer.start()
-        if not started.wait(timeout) or not self.health_port:
-            self.kill()
-            raise RuntimeError("client did not start:\n" + self.log())
+        self._spawn(self.command, timeout)
         return self
-
-    def _drain(self, process: subprocess.Popen[str], started: threading.Event) -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            self.lines.append(line)
-            match = _HEALTH.search(line)
-            if match:
-                self.health_port = int(match.group(1))
-                started.set()
-        started.set()
-        process.stderr.close()
-
-    def log(self) -> str:
-        return "".join(self.lines)
 
     def health(self) -> dict[str, Any]:
         response = httpx.get(f"{self.url}/health", timeout=5)
@@ -267,23 +248,6 @@ class ClientProcess:
 
     def wait_connected(self, timeout: float = 20) -> dict[str, Any]:
         return wait_until(lambda: (h := self.health())["connected"] and h, timeout, "the client to connect")
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        assert self.process is not None
-        self.process.send_signal(sig)
-        code = self.process.wait(timeout)
-        self._drainer.join(5)
-        return code
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        if self.process is not None:
-            self._drainer.join(5)
 
 
 @contextmanager
