@@ -78,8 +78,10 @@ class ChildProcess:
         self._drainer = threading.Thread(target=self._drain, args=(self.process, started), daemon=True)
         self._drainer.start()
         if not started.wait(timeout) or not self._ready:
+            exited = self.process.poll() is not None
             self.kill()
-            raise RuntimeError(f"{self.name} did not start:\n" + self.log())
+            what = "exited during startup" if exited else "did not start"
+            raise RuntimeError(f"{self.name} {what}:\n" + self.log())
 
     def _drain(self, process: subprocess.Popen[str], started: threading.Event) -> None:
         assert process.stderr is not None
