@@ -29,17 +29,33 @@ def canonical_header_name(name: str) -> str:
     return "-".join(_SPECIAL_WORDS.get(part, part.capitalize()) for part in name.lower().split("-"))
 
 
+#: header name as received → its GitHub spelling when it is relayed, None when it is not; bounded, so that
+#: senders making up names cannot grow it without end (past the bound, names are worked out each time)
+_RELAYED_NAMES: dict[str, str | None] = {}
+_RELAYED_NAMES_MAX = 1024
+
+
+def _relayed_name(name: str) -> str | None:
+    lower = name.lower()
+    relayed = lower in RELAYED_HEADERS or lower.startswith(RELAYED_HEADER_PREFIXES)
+    canonical = canonical_header_name(lower) if relayed else None
+    if len(_RELAYED_NAMES) < _RELAYED_NAMES_MAX:
+        _RELAYED_NAMES[name] = canonical
+    return canonical
+
+
 def relayed_headers(items: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     """The headers of a webhook request that are stored and relayed, in GitHub's spelling and order.
 
     Only GitHub's own headers, the signatures, ``Content-Type`` and ``User-Agent`` travel: never
     ``Authorization``, cookies or proxy headers.
     """
+    known = _RELAYED_NAMES
     kept: list[tuple[str, str]] = []
     for name, value in items:
-        lower = name.lower()
-        if lower in RELAYED_HEADERS or lower.startswith(RELAYED_HEADER_PREFIXES):
-            kept.append((canonical_header_name(lower), value))
+        canonical = known[name] if name in known else _relayed_name(name)
+        if canonical is not None:
+            kept.append((canonical, value))
     return tuple(kept)
 
 

@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict
 
 import httpx
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -98,6 +98,8 @@ class Client:
         self._http_server: EmbeddedHttpServer | None = None
         #: GitHub's webhook secrets: loaded at startup, checked before every delivery when there are any
         self.secrets = WebhookSecrets()
+        #: ``metrics.settled`` of "delivered", looked up once
+        self._delivered_counter: Counter | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -244,12 +246,12 @@ class Client:
                     received.redelivery,
                 )
                 self.metrics.settled.labels("already-settled").inc()
-                self._settle(stream, event, earlier)
+                self._settle(stream, event, earlier, not lane.queue.empty())
                 continue
             refused = self._check_signature(event)
             if refused is not None:
                 lane.remember(event, refused)
-                self._settle(stream, event, refused)
+                self._settle(stream, event, refused, not lane.queue.empty())
                 continue
             lane.busy = True
             try:
@@ -260,7 +262,7 @@ class Client:
                 continue  # shutting down, or its stream ended: unacknowledged, so the server sends it again
             lane.remember(event, settlement)
             self._record(event, settlement)
-            self._settle(stream, event, settlement)
+            self._settle(stream, event, settlement, not lane.queue.empty())
 
     def _check_signature(self, event: WebhookEvent) -> Settlement | None:
         """A dead letter for an event whose GitHub signature does not hold (with a secret for its repository):
@@ -287,18 +289,22 @@ class Client:
     def _record(self, event: WebhookEvent, settlement: Settlement) -> None:
         name = f"{event.repository_id}#{event.sequence}"
         if settlement.acknowledged:
-            self.metrics.settled.labels("delivered").inc()
+            delivered = self._delivered_counter
+            if delivered is None:  # created on the first delivery, as the series appeared before
+                delivered = self._delivered_counter = self.metrics.settled.labels("delivered")
+            delivered.inc()
             lag_s = max(0.0, time.time() - event.received_at_ns / 1e9) if event.received_at_ns else None
             if lag_s is not None:
                 self.metrics.lag.observe(lag_s)
-            logger.info(
-                "delivered %s (%s event, delivery %s, %d bytes)%s",
-                name,
-                event.event_type or "?",
-                event.delivery_id,
-                len(event.body),
-                f" {lag_s * 1000:.0f} ms after the server got it" if lag_s is not None else "",
-            )
+            if logger.isEnabledFor(logging.INFO):
+                logger.info(
+                    "delivered %s (%s event, delivery %s, %d bytes)%s",
+                    name,
+                    event.event_type or "?",
+                    event.delivery_id,
+                    len(event.body),
+                    f" {lag_s * 1000:.0f} ms after the server got it" if lag_s is not None else "",
+                )
         else:
             self.metrics.settled.labels("dead-letter").inc()
             logger.warning(
@@ -309,9 +315,11 @@ class Client:
                 settlement.reason,
             )
 
-    def _settle(self, stream: Stream, event: WebhookEvent, settlement: Settlement) -> None:
+    def _settle(self, stream: Stream, event: WebhookEvent, settlement: Settlement, more_coming: bool = False) -> None:
+        """Acknowledge the event, or report it failed; ``more_coming``: its lane has more events waiting, so
+        the acknowledgement may wait a moment for others to travel with (``consumer.ACK_LINGER_S``)."""
         if settlement.acknowledged:
-            sent = stream.ack(event.repository_id, event.sequence)
+            sent = stream.ack(event.repository_id, event.sequence, more_coming)
         else:
             sent = stream.fail(event.repository_id, event.sequence, settlement.reason[:1000], settlement.status_code)
         if not sent:

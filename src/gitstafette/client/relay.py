@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import grpc
 import httpx
+from prometheus_client import Counter
 
 from gitstafette._proto import gitstafette_pb2 as pb
 from gitstafette._proto import gitstafette_pb2_grpc as pb_grpc
@@ -304,6 +305,14 @@ class Relay:
         self.policy = policy
         self.metrics = metrics
         self.health = health
+        #: ``metrics.attempts`` per result, looked up once each
+        self._attempt_counters: dict[str, Counter] = {}
+
+    def _count_attempt(self, result: str) -> None:
+        counter = self._attempt_counters.get(result)
+        if counter is None:
+            counter = self._attempt_counters[result] = self.metrics.attempts.labels(result)
+        counter.inc()
 
     async def deliver(
         self, event: WebhookEvent, stop: asyncio.Event, abandon: asyncio.Event | None = None
@@ -331,7 +340,7 @@ class Relay:
                 first_at = time.monotonic()
             attempt = await self.target.send(event)
             attempts += 1
-            self.metrics.attempts.labels(attempt.result).inc()
+            self._count_attempt(attempt.result)
             if attempt.verdict == "ack":
                 if attempts > 1:
                     logger.info("delivered %s (delivery %s) after %d attempts", name, event.delivery_id, attempts)

@@ -56,9 +56,14 @@ class Ingest:
             ["outcome"],
             registry=registry,
         )
+        #: the counter of each outcome label, looked up once (``labels`` takes a lock and builds a key)
+        self._by_outcome: dict[str, Counter] = {}
 
     def count(self, outcome: Outcome) -> Outcome:
-        self.received.labels(outcome.outcome).inc()
+        counter = self._by_outcome.get(outcome.outcome)
+        if counter is None:
+            counter = self._by_outcome[outcome.outcome] = self.received.labels(outcome.outcome)
+        counter.inc()
         return outcome
 
     async def store_event(self, event: WebhookEvent) -> Outcome:
