@@ -250,3 +250,16 @@ async def test_acknowledgements_may_travel_together(server: ServerProcess) -> No
     async with AckStream(server.grpc_target, "batch", ["186853002"]) as stream:
         again = await stream.next_event()
         assert again is not None and again.webhook_event.event_id == ids[3]
+
+
+async def test_a_connection_left_without_repositories_hears_so_at_once(server: ServerProcess) -> None:
+    async with AckStream(server.grpc_target, "solo", ["186853002"]) as first:
+        await post(server)
+        assert await first.next_event() is not None
+        assert first.assigned == ["186853002"]
+        async with AckStream(server.grpc_target, "solo", ["186853002"]) as second:
+            # The first connection keeps the only repository; the second is told it serves none now,
+            # well before the first heartbeat (15 s).
+            got = await asyncio.wait_for(second.responses.get(), 10)
+            assert not isinstance(got, BaseException) and got is not None
+            assert got.WhichOneof("kind") == "subscribed" and list(got.subscribed.repository_ids) == []

@@ -277,6 +277,9 @@ class Dispatcher:
             len(group.connections),
         )
         group.rebalance()
+        if not connection.lanes:
+            # Say so at once even when the other connections of this client id keep every repository.
+            connection.announce()
         return connection
 
     def extend(self, connection: Connection, repository_ids: list[str]) -> None:
