@@ -3,7 +3,15 @@ from __future__ import annotations
 import pytest
 
 from gitstafette import constants
-from gitstafette.config import ServerConfig, StoreConfig, Watchlist, parse_duration, parse_size
+from gitstafette.config import (
+    RedisSettings,
+    Secret,
+    ServerConfig,
+    StoreConfig,
+    Watchlist,
+    parse_duration,
+    parse_size,
+)
 from gitstafette.exceptions import ConfigError, GitstafetteError
 
 
@@ -174,3 +182,55 @@ def test_sqlite_url_may_trade_the_fsync_for_latency() -> None:
         StoreConfig.from_url("sqlite:///a.db?synchronous=off")
     with pytest.raises(ConfigError, match="synchronous"):
         StoreConfig.from_url("sqlite:///a.db?cache=shared")
+
+
+# ---- Redis ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected", "text"),
+    [
+        ("redis://localhost", RedisSettings(), "redis://localhost:6379/0"),
+        ("redis://127.0.0.1:6380/11", RedisSettings("127.0.0.1", 6380, 11), "redis://127.0.0.1:6380/11"),
+        (
+            "rediss://cache.example:6390/2?prefix=team-a",
+            RedisSettings("cache.example", 6390, 2, tls=True, prefix="team-a"),
+            "rediss://cache.example:6390/2?prefix=team-a",
+        ),
+        (
+            "redis://:s3cr%40t@redis/3",
+            RedisSettings("redis", 6379, 3, password=Secret("s3cr@t")),
+            "redis://:**********@redis:6379/3",
+        ),
+        (
+            "redis://relay:pw@[::1]:6379/",
+            RedisSettings("::1", 6379, 0, username="relay", password=Secret("pw")),
+            "redis://relay:**********@[::1]:6379/0",
+        ),
+    ],
+)
+def test_store_config_from_redis_url(url: str, expected: RedisSettings, text: str) -> None:
+    config = StoreConfig.from_url(url)
+    assert config == StoreConfig("redis", redis=expected)
+    assert str(config) == text
+    assert "s3cr" not in repr(config) and "pw" not in repr(config.redis)
+    if expected.password is None:
+        assert StoreConfig.from_url(str(config)) == config
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://h/abc", "database number"),
+        ("redis://h:99999/0", "invalid port"),
+        ("redis://h/0?prefix=", "prefix"),
+        ("redis://h/0?prefix=a%20b", "prefix"),
+        ("redis://h/0?prefix=a:b", "prefix"),
+        ("redis://h/0?db=1", "only option"),
+        ("redis+sentinel://:secret@h:26379/mymaster", "Sentinel is not supported yet"),
+    ],
+)
+def test_store_config_refuses_bad_redis_urls_without_showing_the_password(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        StoreConfig.from_url(url.replace("://", "://:secret@", 1) if "secret" not in url else url)
+    assert "secret" not in str(caught.value)

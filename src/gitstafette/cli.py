@@ -43,7 +43,8 @@ REPOSITORIES_HELP = (
     "or * for every repository."
 )
 STORE_HELP = (
-    "Where events are kept: memory:// (lost on exit), sqlite:///relative/path.db or sqlite:////absolute/path.db."
+    "Where events are kept: memory:// (lost on exit), sqlite:///relative/path.db or sqlite:////absolute/path.db, "
+    "or redis://[:password@]host:port/db[?prefix=NAME] (rediss:// for TLS), which several server replicas may share."
 )
 RETENTION_HELP = "How long acknowledged events are kept (for inspection and replay), e.g. 30m, 24h, 7d."
 MAX_AGE_HELP = "How long events that some client has not acknowledged are kept at most."

@@ -8,7 +8,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from gitstafette import constants
 from gitstafette.exceptions import ConfigError
@@ -16,6 +16,7 @@ from gitstafette.exceptions import ConfigError
 __all__ = [
     "ClientConfig",
     "ClientTlsConfig",
+    "RedisSettings",
     "Secret",
     "ServerConfig",
     "ServerTlsConfig",
@@ -25,7 +26,7 @@ __all__ = [
     "parse_size",
 ]
 
-StoreScheme = Literal["memory", "sqlite"]
+StoreScheme = Literal["memory", "sqlite", "redis"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, None: 1}
@@ -134,9 +135,83 @@ class Watchlist:
         return ",".join(self.entries()) or "(none)"
 
 
+_REDIS_PREFIX = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _masked_url(url: str) -> str:
+    """``url`` with its password (if any) replaced: store URLs end up in error messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:**********@{host}").geturl()
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """A Redis server, from ``redis://[[user]:password@]host[:port][/db][?prefix=NAME]`` (``rediss://``: TLS).
+
+    :param prefix: the first part of every key (``prefix:…``), so that several installations can share one
+        Redis database; the replicas of one installation must use the same prefix.
+
+    Sentinel and Cluster are not supported yet.
+    """
+
+    host: str = "localhost"
+    port: int = constants.DEFAULT_REDIS_PORT
+    database: int = 0
+    username: str | None = None
+    password: Secret | None = None
+    tls: bool = False
+    prefix: str = constants.DEFAULT_REDIS_PREFIX
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisSettings:
+        masked = _masked_url(url)
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ConfigError(f"store: {masked!r} is not a redis:// or rediss:// URL")
+        try:
+            port = parts.port or constants.DEFAULT_REDIS_PORT
+        except ValueError as exc:
+            raise ConfigError(f"store: {masked!r} has an invalid port") from exc
+        path = parts.path.strip("/")
+        if path and not path.isdigit():
+            raise ConfigError(f"store: {masked!r}: the path is the database number, e.g. redis://localhost:6379/0")
+        options = parse_qs(parts.query, keep_blank_values=True)
+        prefix = options.pop("prefix", [constants.DEFAULT_REDIS_PREFIX])[-1]
+        if options:
+            raise ConfigError(f"store: {masked!r}: the only option of a Redis store is ?prefix=NAME")
+        if not _REDIS_PREFIX.match(prefix):
+            raise ConfigError(f"store: {masked!r}: the prefix must be letters, digits, '_', '.' or '-'")
+        return cls(
+            host=parts.hostname or "localhost",
+            port=port,
+            database=int(path or 0),
+            username=unquote(parts.username) if parts.username else None,
+            password=Secret.optional(unquote(parts.password)) if parts.password else None,
+            tls=parts.scheme == "rediss",
+            prefix=prefix,
+        )
+
+    def __str__(self) -> str:
+        """The URL, with the password masked."""
+        credentials = ""
+        if self.username or self.password:
+            credentials = quote(self.username or "", safe="") + (":**********" if self.password else "") + "@"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        query = "" if self.prefix == constants.DEFAULT_REDIS_PREFIX else f"?prefix={self.prefix}"
+        return f"{'rediss' if self.tls else 'redis'}://{credentials}{host}:{self.port}/{self.database}{query}"
+
+    def __repr__(self) -> str:
+        return f"RedisSettings({str(self)!r})"
+
+
 @dataclass(frozen=True)
 class StoreConfig:
-    """Where events are kept, from a URL: ``memory://`` or ``sqlite:///path`` (``sqlite:////abs/path``).
+    """Where events are kept, from a URL: ``memory://``, ``sqlite:///path`` (``sqlite:////abs/path``) or
+    ``redis://host:port/db`` (see :class:`RedisSettings`: several server replicas may share it).
 
     ``sqlite:///path?synchronous=normal`` trades the fsync of each commit for latency: a stored event then
     survives a crash of the process but not a power cut of the machine.
@@ -145,6 +220,7 @@ class StoreConfig:
     scheme: StoreScheme
     path: str = ""
     synchronous: Literal["full", "normal"] = "full"
+    redis: RedisSettings | None = None
 
     @classmethod
     def from_url(cls, url: str) -> StoreConfig:
@@ -160,11 +236,19 @@ class StoreConfig:
             if synchronous not in ("full", "normal") or options:
                 raise ConfigError(f"store: {url!r}: the only option is ?synchronous=full (default) or normal")
             return cls("sqlite", path, "normal" if synchronous == "normal" else "full")
-        raise ConfigError(f"store: {url!r} has an unknown scheme; use memory:// or sqlite:///PATH")
+        if parts.scheme in ("redis", "rediss"):
+            return cls("redis", redis=RedisSettings.from_url(url))
+        if "sentinel" in parts.scheme:
+            raise ConfigError(f"store: {_masked_url(url)!r}: Redis Sentinel is not supported yet; use redis://")
+        raise ConfigError(
+            f"store: {_masked_url(url)!r} has an unknown scheme; use memory://, sqlite:///PATH or redis://HOST:PORT/DB"
+        )
 
     def __str__(self) -> str:
         if self.scheme == "memory":
             return "memory://"
+        if self.scheme == "redis":
+            return str(self.redis)
         return f"sqlite:///{self.path}" + ("?synchronous=normal" if self.synchronous == "normal" else "")
 
 

@@ -14,6 +14,8 @@ __all__ = [
     "DEFAULT_REQUEST_TIMEOUT_S",
     "DEFAULT_RETENTION_S",
     "DEFAULT_SHUTDOWN_GRACE_S",
+    "DEFAULT_REDIS_PORT",
+    "DEFAULT_REDIS_PREFIX",
     "DEFAULT_SQLITE_PATH",
     "GRPC_MESSAGE_OVERHEAD_BYTES",
     "HEADER_DELIVERY",
@@ -23,6 +25,23 @@ __all__ = [
     "HEADER_TARGET_ID",
     "HEADER_TARGET_TYPE",
     "METADATA_AUTHORIZATION",
+    "REDIS_AUDIT_KEY",
+    "REDIS_CONNECT_TIMEOUT_S",
+    "REDIS_CURSORS_KEY",
+    "REDIS_DEAD_LETTERS_BY_FAILED_AT_NS_KEY",
+    "REDIS_DEAD_LETTERS_KEY",
+    "REDIS_DELIVERIES_KEY",
+    "REDIS_EVENTS_KEY",
+    "REDIS_NOTICES_BLOCK_MS",
+    "REDIS_NOTICES_KEY",
+    "REDIS_NOTICES_MAXLEN",
+    "REDIS_PRUNE_BATCH",
+    "REDIS_RECEIVED_AT_NS_KEY",
+    "REDIS_RECONNECT_MAX_S",
+    "REDIS_REPLAYS_KEY",
+    "REDIS_REPOSITORIES_KEY",
+    "REDIS_REPOSITORY_KEY",
+    "REDIS_SOCKET_TIMEOUT_S",
     "RELAYED_HEADER_PREFIXES",
     "RELAYED_HEADERS",
     "SERVICE_NAME",
@@ -40,6 +59,7 @@ DEFAULT_MAX_BODY_BYTES = 25 * 1024 * 1024
 GRPC_MESSAGE_OVERHEAD_BYTES = 1024 * 1024
 
 DEFAULT_SQLITE_PATH = "gitstafette.db"
+DEFAULT_REDIS_PORT = 6379
 #: Acknowledged events are kept this long (for replay and inspection).
 DEFAULT_RETENTION_S = 24 * 3600
 #: Unacknowledged events are kept at most this long.
@@ -70,3 +90,45 @@ METADATA_AUTHORIZATION = "authorization"
 #: Headers stored with an event and relayed to the target, by lower-case name or prefix.
 RELAYED_HEADERS = frozenset({"content-type", "user-agent"})
 RELAYED_HEADER_PREFIXES = ("x-github-", "x-hub-signature")
+
+# ---- Redis store (store/redis_streams.py) -------------------------------------------------------
+# Every key is "<prefix>:" + one of these (the prefix is the store URL's ?prefix=, so that several
+# installations can share one Redis database). {repository_id} and {client_id} are filled in.
+
+DEFAULT_REDIS_PREFIX = "gitstafette"
+#: SET: every repository id the store holds events or cursors for
+REDIS_REPOSITORIES_KEY = "repositories"
+#: HASH: last_sequence (the per-repository counter; never reset, so sequences are never reused),
+#: name (the latest repository full name seen), audit_count (orders audit records)
+REDIS_REPOSITORY_KEY = "repo:{repository_id}"
+#: STREAM: one entry per event, entry id "<sequence>-0"; fields delivery_id, event_type,
+#: repository_name, received_at_ns, headers (JSON), body (bytes)
+REDIS_EVENTS_KEY = "repo:{repository_id}:events"
+#: HASH: delivery id → sequence, for storing a delivery once
+REDIS_DELIVERIES_KEY = "repo:{repository_id}:deliveries"
+#: ZSET: "<received_at_ns>:<delivery id>" scored by sequence: what pruning needs, without the bodies
+REDIS_RECEIVED_AT_NS_KEY = "repo:{repository_id}:received_at_ns"
+#: HASH: client id → highest acknowledged sequence (only ever raised)
+REDIS_CURSORS_KEY = "repo:{repository_id}:cursors"
+#: ZSET: sequences to send to a client id again (replayed dead letters), scored by sequence
+REDIS_REPLAYS_KEY = "repo:{repository_id}:replays:{client_id}"
+#: ZSET: audit records scored by sequence; members "<20-digit counter>[client, sequence, action, at_ns]"
+REDIS_AUDIT_KEY = "repo:{repository_id}:audit"
+#: HASH: [client id, repository id, sequence] (JSON) → its member in the ordered ZSET below
+REDIS_DEAD_LETTERS_KEY = "dead_letters"
+#: ZSET: "<20-digit failed_at_ns> <dead letter as JSON>", all scored 0 so that they sort by time exactly
+REDIS_DEAD_LETTERS_BY_FAILED_AT_NS_KEY = "dead_letters:by_failed_at_ns"
+#: STREAM: (repository_id, sequence) of every append, read with a blocking XREAD by every replica
+REDIS_NOTICES_KEY = "appended"
+#: Entries kept in the notices stream (approximately); a replica that missed more re-reads the counters.
+REDIS_NOTICES_MAXLEN = 10_000
+#: A blocking read of the notices returns after this long without news (then blocks again): it bounds
+#: how long a silently dead connection goes unnoticed. Events wake readers at once, not after this.
+REDIS_NOTICES_BLOCK_MS = 15_000
+#: Any command that does not block; also the margin above REDIS_NOTICES_BLOCK_MS for the blocking one.
+REDIS_SOCKET_TIMEOUT_S = 10.0
+REDIS_CONNECT_TIMEOUT_S = 2.0
+#: The notices reader reconnects with backoff up to this.
+REDIS_RECONNECT_MAX_S = 2.0
+#: Events pruned by one script call at most (a Lua script blocks Redis while it runs).
+REDIS_PRUNE_BATCH = 10_000

@@ -13,4 +13,10 @@ __all__ = ["AppendResult", "EventStore", "MemoryStore", "SQLiteStore", "create_s
 def create_store(config: StoreConfig) -> EventStore:
     if config.scheme == "memory":
         return MemoryStore()
+    if config.scheme == "redis":
+        assert config.redis is not None
+        # Imported here: redis-py is only loaded by the installations that use it.
+        from gitstafette.store.redis_streams import RedisStore
+
+        return RedisStore(config.redis)
     return SQLiteStore(config.path, synchronous=config.synchronous)

@@ -1,0 +1,599 @@
+"""The scale-out store: Redis Streams, shared by several server replicas.
+
+Layout (key names in ``constants.py``, each after the configured prefix): one stream per repository whose
+entry ids are ``<sequence>-0``, with the sequence taken from a per-repository counter, so sequences are
+dense (1, 2, 3 …) and never reused, also after pruning. Appending is one Lua script: the delivery id is
+looked up, the counter raised, the entry added and the delivery recorded atomically, so two replicas that
+receive the same delivery store it once.
+
+Wake-up across replicas: the append script also adds ``(repository, sequence)`` to a small notices stream,
+and each store instance reads it with a blocking ``XREAD`` on a connection of its own, feeding the
+in-process :class:`SequenceNotifier`. A reader on replica A so wakes within a millisecond of an append on
+replica B, with no polling timer; unlike pub/sub, a reader whose connection drops loses nothing: it
+re-reads the counters and goes on from the notices stream's end (see ``_follow_notices``).
+
+Durability is Redis's own: with ``appendonly yes`` and ``appendfsync always`` an acknowledged append
+survives a crash of Redis; with ``everysec`` up to a second may be lost. Redis errors are raised as
+``StoreUnavailable`` (cannot reach it; try again) or ``StoreError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import AuthenticationError, BusyLoadingError, ReadOnlyError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gitstafette import constants
+from gitstafette.config import RedisSettings
+from gitstafette.exceptions import StoreError, StoreUnavailable
+from gitstafette.model import AuditRecord, DeadLetter, RepositoryState, WebhookEvent
+from gitstafette.store.base import AppendResult, EventStore
+
+__all__ = ["RedisStore"]
+
+logger = logging.getLogger("gitstafette.store.redis")
+
+# KEYS: repository hash, events, deliveries, received_at_ns, repositories, notices
+# ARGV: repository id, delivery id, repository name, received_at_ns, event type, headers, body, notices maxlen
+_APPEND = """
+local known = redis.call('HGET', KEYS[3], ARGV[2])
+if known then return {0, tonumber(known)} end
+local sequence = redis.call('HINCRBY', KEYS[1], 'last_sequence', 1)
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'name', ARGV[3]) end
+redis.call('XADD', KEYS[2], sequence .. '-0', 'delivery_id', ARGV[2], 'event_type', ARGV[5],
+    'repository_name', ARGV[3], 'received_at_ns', ARGV[4], 'headers', ARGV[6], 'body', ARGV[7])
+redis.call('HSET', KEYS[3], ARGV[2], sequence)
+redis.call('ZADD', KEYS[4], sequence, ARGV[4] .. ':' .. ARGV[2])
+redis.call('SADD', KEYS[5], ARGV[1])
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[8], '*', 'repository_id', ARGV[1], 'sequence', sequence)
+return {1, sequence}
+"""
+
+# KEYS: cursors, repositories; ARGV: client id, sequence, repository id
+_SET_CURSOR = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if not current or tonumber(current) < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+redis.call('SADD', KEYS[2], ARGV[3])
+"""
+
+# KEYS: dead letters, dead letters by time; ARGV: field, member (a letter replaces the one of the same event)
+_ADD_DEAD_LETTER = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old then redis.call('ZREM', KEYS[2], old) end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], 0, ARGV[2])
+"""
+
+# KEYS: replays, dead letters, dead letters by time; ARGV: sequence, dead letter field, delivered (1/0)
+_SETTLE_REPLAY = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+if ARGV[3] == '1' then
+    local old = redis.call('HGET', KEYS[2], ARGV[2])
+    if old then
+        redis.call('ZREM', KEYS[3], old)
+        redis.call('HDEL', KEYS[2], ARGV[2])
+    end
+end
+"""
+
+# KEYS: audit, repository hash; ARGV: sequence, record, sequence, record, …
+# The counter keeps records of one sequence in the order they were added (members sort by it).
+_ADD_AUDIT = """
+local count = #ARGV / 2
+local n = redis.call('HINCRBY', KEYS[2], 'audit_count', count) - count
+for i = 1, #ARGV, 2 do
+    n = n + 1
+    redis.call('ZADD', KEYS[1], ARGV[i], string.format('%020d', n) .. ARGV[i + 1])
+end
+"""
+
+# KEYS: events, received_at_ns, deliveries, cursors, audit
+# ARGV: max-age cutoff ns, retention cutoff ns (events received before a cutoff are past it), batch
+# Only a prefix goes, so retained sequences stay dense; the rule is base.prunable's. Times are compared
+# as decimal strings: Lua numbers are doubles, exact only to 2^53, and nanosecond times are larger.
+_PRUNE = """
+local function before(a, b)
+    if #a ~= #b then return #a < #b end
+    return a < b
+end
+local min_cursor = nil
+for _, value in ipairs(redis.call('HVALS', KEYS[4])) do
+    local n = tonumber(value)
+    if min_cursor == nil or n < min_cursor then min_cursor = n end
+end
+local upto = 0
+local deliveries = {}
+local page = redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[3]) - 1, 'WITHSCORES')
+for i = 1, #page, 2 do
+    local received, delivery = string.match(page[i], '^(%d+):(.*)$')
+    local sequence = tonumber(page[i + 1])
+    local acknowledged = min_cursor ~= nil and min_cursor >= sequence
+    if not (before(received, ARGV[1]) or (acknowledged and before(received, ARGV[2]))) then break end
+    upto = sequence
+    deliveries[#deliveries + 1] = delivery
+end
+if upto == 0 then return 0 end
+redis.call('XTRIM', KEYS[1], 'MINID', (upto + 1) .. '-0')
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', upto)
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', upto)
+for i = 1, #deliveries, 1000 do
+    redis.call('HDEL', KEYS[3], unpack(deliveries, i, math.min(i + 999, #deliveries)))
+end
+return #deliveries
+"""
+
+
+class _Keys:
+    """The installation's key names: ``constants.REDIS_*_KEY`` after ``<prefix>:``."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.repositories = self._key(constants.REDIS_REPOSITORIES_KEY)
+        self.dead_letters = self._key(constants.REDIS_DEAD_LETTERS_KEY)
+        self.dead_letters_by_time = self._key(constants.REDIS_DEAD_LETTERS_BY_FAILED_AT_NS_KEY)
+        self.notices = self._key(constants.REDIS_NOTICES_KEY)
+
+    def _key(self, template: str, **names: str) -> str:
+        return f"{self.prefix}:{template.format(**names)}"
+
+    def repository(self, repository_id: str) -> str:
+        return self._key(constants.REDIS_REPOSITORY_KEY, repository_id=repository_id)
+
+    def events(self, repository_id: str) -> str:
+        return self._key(constants.REDIS_EVENTS_KEY, repository_id=repository_id)
+
+    def deliveries(self, repository_id: str) -> str:
+        return self._key(constants.REDIS_DELIVERIES_KEY, repository_id=repository_id)
+
+    def received_at(self, repository_id: str) -> str:
+        return self._key(constants.REDIS_RECEIVED_AT_NS_KEY, repository_id=repository_id)
+
+    def cursors(self, repository_id: str) -> str:
+        return self._key(constants.REDIS_CURSORS_KEY, repository_id=repository_id)
+
+    def replays(self, repository_id: str, client_id: str) -> str:
+        return self._key(constants.REDIS_REPLAYS_KEY, repository_id=repository_id, client_id=client_id)
+
+    def audit(self, repository_id: str) -> str:
+        return self._key(constants.REDIS_AUDIT_KEY, repository_id=repository_id)
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _sequence_of(entry_id: bytes | str | None) -> int:
+    """``b"42-0"`` → 42."""
+    return int(_text(entry_id).partition("-")[0])
+
+
+def _dead_letter_field(client_id: str, repository_id: str, sequence: int) -> str:
+    return json.dumps([client_id, repository_id, sequence])
+
+
+def _cutoff_ns(now_ns: int, age_s: float) -> str:
+    """Events received before this (as a decimal string) are older than ``age_s`` at ``now_ns``.
+
+    For integer nanoseconds, ``now - received > age_s * 1e9`` ⇔ ``received < now - floor(age_s * 1e9)``.
+    """
+    if not math.isfinite(age_s):
+        return "0"
+    return str(max(0, now_ns - math.floor(age_s * 1e9)))
+
+
+class RedisStore(EventStore):
+    """Events in Redis Streams (one per repository), cursors, dead letters, replays and audit in hashes and
+    sorted sets; several server replicas may share it (same URL and prefix).
+
+    :param settings: the Redis server and the key prefix (``RedisSettings.from_url``).
+    """
+
+    def __init__(self, settings: RedisSettings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.url = str(settings)  # the password masked
+        self.keys = _Keys(settings.prefix)
+        self._redis: aioredis.Redis | None = None
+        self._listener: aioredis.Redis | None = None
+        self._following: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def _client(self, socket_timeout_s: float, retries: int) -> aioredis.Redis:
+        settings = self.settings
+        return aioredis.Redis(
+            host=settings.host,
+            port=settings.port,
+            db=settings.database,
+            username=settings.username,
+            password=settings.password.reveal() if settings.password else None,
+            ssl=settings.tls,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=constants.REDIS_CONNECT_TIMEOUT_S,
+            # One quick retry: a pooled connection that went stale while Redis restarted is replaced at once.
+            # Appending is idempotent (the delivery id), so a retried append cannot store an event twice.
+            retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries) if retries else Retry(NoBackoff(), 0),
+            health_check_interval=30,
+            decode_responses=False,  # bodies are bytes
+        )
+
+    async def open(self) -> None:
+        self._closing = False
+        self._redis = self._client(constants.REDIS_SOCKET_TIMEOUT_S, retries=1)
+        # The blocking read of the notices needs a connection of its own, and a socket timeout beyond the block.
+        # No retries: its errors must reach _follow_notices, which then re-reads what it may have missed.
+        self._listener = self._client(
+            constants.REDIS_NOTICES_BLOCK_MS / 1000 + constants.REDIS_SOCKET_TIMEOUT_S, retries=0
+        )
+        self._append_script = self._redis.register_script(_APPEND)
+        self._set_cursor_script = self._redis.register_script(_SET_CURSOR)
+        self._add_dead_letter_script = self._redis.register_script(_ADD_DEAD_LETTER)
+        self._settle_replay_script = self._redis.register_script(_SETTLE_REPLAY)
+        self._add_audit_script = self._redis.register_script(_ADD_AUDIT)
+        self._prune_script = self._redis.register_script(_PRUNE)
+        try:
+            with self._mapped("opening the store"):
+                last_notice = await self._catch_up(self._redis)
+        except StoreError:
+            await self.aclose()
+            raise
+        self._following = asyncio.create_task(self._follow_notices(last_notice), name=f"follow {self.keys.notices}")
+        await self._warn_about_settings(self._redis)
+        logger.info("Redis store %s open", self.url)
+
+    async def _warn_about_settings(self, client: aioredis.Redis) -> None:
+        """Say so when Redis is set up to lose what it acknowledged (a managed Redis may hide INFO: then nothing)."""
+        try:
+            info: dict[str, Any] = await client.info()
+        except RedisError:
+            return
+        policy = _text(info.get("maxmemory_policy") or "noeviction")
+        if policy != "noeviction":
+            logger.warning(
+                "Redis %s evicts keys when full (maxmemory-policy %s): stored events can be lost; use noeviction",
+                self.url,
+                policy,
+            )
+        if not info.get("aof_enabled"):
+            logger.warning(
+                "Redis %s keeps no append-only file (appendonly no): events stored since its last snapshot are "
+                "lost if Redis stops; use appendonly yes",
+                self.url,
+            )
+
+    async def aclose(self) -> None:
+        self._closing = True
+        following, self._following = self._following, None
+        if following is not None:
+            # Cancelling alone is not enough: redis-py can swallow a cancellation that lands while it connects,
+            # and then block in the read. Closing the listener's connection ends a read at once, and
+            # _closing then stops _follow_notices; it is closed again until the reader has stopped.
+            following.cancel()
+            while not following.done():
+                await self._close_client(self._listener)
+                await asyncio.wait({following}, timeout=0.05)
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+        await self._close_client(self._listener)
+        await self._close_client(self._redis)
+        self._listener = self._redis = None
+
+    @staticmethod
+    async def _close_client(client: aioredis.Redis | None) -> None:
+        if client is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
+
+    async def ping(self) -> None:
+        with self._mapped("checking that it answers"):
+            await self._client_or_raise().ping()
+
+    @contextlib.contextmanager
+    def _mapped(self, action: str) -> Iterator[None]:
+        """Redis's errors as the store's: StoreUnavailable when Redis cannot serve now, else StoreError."""
+        try:
+            yield
+        except AuthenticationError as exc:  # a ConnectionError, but trying again will not help
+            raise StoreError(f"Redis {self.url} refused the credentials ({action}): {exc}") from exc
+        except (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ReadOnlyError, OSError) as exc:
+            raise StoreUnavailable(f"Redis {self.url} is unreachable ({action}): {exc}") from exc
+        except RedisError as exc:
+            raise StoreError(f"Redis {self.url} failed ({action}): {exc}") from exc
+
+    def _client_or_raise(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise StoreUnavailable(f"Redis store {self.url} is not open")
+        return self._redis
+
+    # ---- wake-up across replicas -----------------------------------------------------------------
+
+    async def _catch_up(self, client: aioredis.Redis) -> bytes:
+        """Advance the notifier to every repository's counter; returns the notices to follow from.
+
+        The notices' end is read first: whatever is appended after it is read from the notices, whatever
+        before it is covered by the counters read next.
+        """
+        last = await client.xrevrange(self.keys.notices, count=1)
+        last_id: bytes = last[0][0] if last and isinstance(last[0][0], bytes) else b"0-0"
+        repository_ids = sorted(_text(r) for r in await client.smembers(self.keys.repositories))
+        async with client.pipeline(transaction=False) as pipe:
+            for repository_id in repository_ids:
+                pipe.hget(self.keys.repository(repository_id), "last_sequence")
+            counters = await pipe.execute()
+        for repository_id, counter in zip(repository_ids, counters, strict=True):
+            if counter is not None:
+                self.notifier.advance(repository_id, int(counter))
+        return last_id
+
+    async def _follow_notices(self, last_id: bytes | None) -> None:
+        """Wake this process's readers for appends made by any replica (this one included)."""
+        assert self._listener is not None
+        listener, delay_s, failing = self._listener, 0.01, False
+        while not self._closing:
+            try:
+                if last_id is None:
+                    last_id = await self._catch_up(listener)
+                    if failing:
+                        logger.info("Redis %s reachable again: following appends of every replica", self.url)
+                    failing, delay_s = False, 0.01
+                # RESP2: [[stream, [(entry id, {field: value}), …]]], or None when the block ran out.
+                answer: Any = await listener.xread(
+                    {self.keys.notices: last_id}, count=1000, block=constants.REDIS_NOTICES_BLOCK_MS
+                )
+                for _stream, entries in answer or []:
+                    for entry_id, fields in entries:
+                        last_id = entry_id
+                        self.notifier.advance(_text(fields[b"repository_id"]), int(fields[b"sequence"]))
+            except (RedisError, OSError) as exc:
+                if self._closing:
+                    return
+                if not failing:
+                    logger.warning("Redis %s: lost the notices of appends (%s); reconnecting", self.url, exc)
+                failing, last_id = True, None
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, constants.REDIS_RECONNECT_MAX_S)
+
+    # ---- events ----------------------------------------------------------------------------------
+
+    async def append(self, event: WebhookEvent) -> AppendResult:
+        keys = self.keys
+        rid = event.repository_id
+        with self._mapped("storing an event"):
+            created, sequence = await self._append_script(
+                keys=[
+                    keys.repository(rid),
+                    keys.events(rid),
+                    keys.deliveries(rid),
+                    keys.received_at(rid),
+                    keys.repositories,
+                    keys.notices,
+                ],
+                args=[
+                    rid,
+                    event.delivery_id,
+                    event.repository_name,
+                    event.received_at_ns,
+                    event.event_type,
+                    json.dumps(event.headers),
+                    event.body,
+                    constants.REDIS_NOTICES_MAXLEN,
+                ],
+                client=self._client_or_raise(),
+            )
+        stored = event.with_sequence(int(sequence))
+        if created:
+            # This process's readers need not wait for the notice to come back.
+            self.notifier.advance(rid, stored.sequence)
+        return AppendResult(stored, created=bool(created))
+
+    async def read_after(self, repository_id: str, after_sequence: int, limit: int = 100) -> list[WebhookEvent]:
+        if limit <= 0:
+            return []
+        start = f"{after_sequence + 1}-0" if after_sequence >= 0 else "-"
+        with self._mapped("reading events"):
+            entries = await self._client_or_raise().xrange(self.keys.events(repository_id), start, "+", count=limit)
+        return [self._event(repository_id, entry_id, fields) for entry_id, fields in entries or []]
+
+    @staticmethod
+    def _event(repository_id: str, entry_id: bytes | str | None, fields: Any) -> WebhookEvent:
+        return WebhookEvent(
+            repository_id=repository_id,
+            delivery_id=_text(fields[b"delivery_id"]),
+            event_type=_text(fields[b"event_type"]),
+            body=bytes(fields[b"body"]),
+            headers=tuple((name, value) for name, value in json.loads(fields[b"headers"])),
+            received_at_ns=int(fields[b"received_at_ns"]),
+            repository_name=_text(fields[b"repository_name"]),
+            sequence=_sequence_of(entry_id),
+        )
+
+    # ---- cursors ---------------------------------------------------------------------------------
+
+    async def get_cursor(self, client_id: str, repository_id: str) -> int | None:
+        with self._mapped("reading a cursor"):
+            value = await self._client_or_raise().hget(self.keys.cursors(repository_id), client_id)
+        return None if value is None else int(value)
+
+    async def set_cursor(self, client_id: str, repository_id: str, sequence: int) -> None:
+        with self._mapped("recording an acknowledgement"):
+            await self._set_cursor_script(
+                keys=[self.keys.cursors(repository_id), self.keys.repositories],
+                args=[client_id, sequence, repository_id],
+                client=self._client_or_raise(),
+            )
+
+    async def start_cursor(self, client_id: str, repository_id: str) -> int:
+        # From Redis, not from the notifier: another replica's append may not have been noticed here yet.
+        cursor = await self.get_cursor(client_id, repository_id)
+        if cursor is not None:
+            return cursor
+        state = await self.repository(repository_id)
+        return 0 if state is None else state.first_sequence - 1
+
+    # ---- dead letters and replays ----------------------------------------------------------------
+
+    async def add_dead_letter(self, letter: DeadLetter) -> None:
+        member = f"{letter.failed_at_ns:020d} " + json.dumps(
+            [
+                letter.client_id,
+                letter.repository_id,
+                letter.sequence,
+                letter.delivery_id,
+                letter.reason,
+                letter.status_code,
+                letter.failed_at_ns,
+            ]
+        )
+        with self._mapped("recording a dead letter"):
+            await self._add_dead_letter_script(
+                keys=[self.keys.dead_letters, self.keys.dead_letters_by_time],
+                args=[_dead_letter_field(letter.client_id, letter.repository_id, letter.sequence), member],
+                client=self._client_or_raise(),
+            )
+
+    async def dead_letters(self, repository_id: str | None = None) -> list[DeadLetter]:
+        with self._mapped("reading dead letters"):
+            members = cast(list[bytes], await self._client_or_raise().zrange(self.keys.dead_letters_by_time, 0, -1))
+        letters = [DeadLetter(*json.loads(_text(member).partition(" ")[2])) for member in members]
+        return [letter for letter in letters if repository_id is None or letter.repository_id == repository_id]
+
+    async def add_replays(self, client_id: str, repository_id: str, sequences: list[int]) -> None:
+        if not sequences:
+            return
+        with self._mapped("recording replay requests"):
+            await self._client_or_raise().zadd(
+                self.keys.replays(repository_id, client_id), {str(sequence): sequence for sequence in sequences}
+            )
+
+    async def replays(self, client_id: str, repository_id: str) -> list[int]:
+        with self._mapped("reading replay requests"):
+            key = self.keys.replays(repository_id, client_id)
+            members = cast(list[bytes], await self._client_or_raise().zrange(key, 0, -1))
+        return [int(member) for member in members]
+
+    async def settle_replay(self, client_id: str, repository_id: str, sequence: int, delivered: bool) -> None:
+        with self._mapped("settling a replay"):
+            await self._settle_replay_script(
+                keys=[
+                    self.keys.replays(repository_id, client_id),
+                    self.keys.dead_letters,
+                    self.keys.dead_letters_by_time,
+                ],
+                args=[sequence, _dead_letter_field(client_id, repository_id, sequence), "1" if delivered else "0"],
+                client=self._client_or_raise(),
+            )
+
+    # ---- audit -----------------------------------------------------------------------------------
+
+    async def add_audit(self, records: Sequence[AuditRecord]) -> None:
+        by_repository: dict[str, list[str | int]] = {}
+        for r in records:
+            by_repository.setdefault(r.repository_id, []).extend(
+                [r.sequence, json.dumps([r.client_id, r.sequence, r.action, r.at_ns])]
+            )
+        with self._mapped("recording the audit trail"):
+            for repository_id, args in by_repository.items():
+                await self._add_audit_script(
+                    keys=[self.keys.audit(repository_id), self.keys.repository(repository_id)],
+                    args=args,
+                    client=self._client_or_raise(),
+                )
+
+    async def audit(self, repository_id: str) -> list[AuditRecord]:
+        client = self._client_or_raise()
+        with self._mapped("reading the audit trail"):
+            first = await self._first_retained(client, repository_id)
+            members = cast(list[bytes], await client.zrangebyscore(self.keys.audit(repository_id), first, "+inf"))
+        records = []
+        for member in members:
+            client_id, sequence, action, at_ns = json.loads(_text(member)[20:])
+            records.append(AuditRecord(client_id, repository_id, sequence, action, at_ns))
+        return records
+
+    async def _first_retained(self, client: aioredis.Redis, repository_id: str) -> int:
+        """The sequence of the oldest retained event, or the next one when none is retained."""
+        first = await client.zrange(self.keys.received_at(repository_id), 0, 0, withscores=True)
+        if first:
+            return int(cast(Any, first)[0][1])
+        last = await client.hget(self.keys.repository(repository_id), "last_sequence")
+        return 0 if last is None else int(last) + 1
+
+    # ---- repositories and pruning ----------------------------------------------------------------
+
+    async def repositories(self) -> list[RepositoryState]:
+        client = self._client_or_raise()
+        with self._mapped("listing repositories"):
+            repository_ids = sorted(_text(r) for r in await client.smembers(self.keys.repositories))
+            return await self._states(client, repository_ids)
+
+    async def repository(self, repository_id: str) -> RepositoryState | None:
+        client = self._client_or_raise()
+        with self._mapped("reading a repository"):
+            if not await client.sismember(self.keys.repositories, repository_id):
+                return None
+            [state] = await self._states(client, [repository_id])
+        return state
+
+    async def _states(self, client: aioredis.Redis, repository_ids: list[str]) -> list[RepositoryState]:
+        # One MULTI: counts, bounds and cursors of one moment.
+        async with client.pipeline(transaction=True) as pipe:
+            for repository_id in repository_ids:
+                pipe.hmget(self.keys.repository(repository_id), ["last_sequence", "name"])
+                pipe.xlen(self.keys.events(repository_id))
+                pipe.zrange(self.keys.received_at(repository_id), 0, 0, withscores=True)
+                pipe.hgetall(self.keys.cursors(repository_id))
+            answers: list[Any] = await pipe.execute()
+        states = []
+        for i, repository_id in enumerate(repository_ids):
+            (last, name), count, first, cursors = answers[4 * i : 4 * i + 4]
+            last_sequence = int(last or 0)
+            states.append(
+                RepositoryState(
+                    repository_id=repository_id,
+                    repository_name=_text(name),
+                    event_count=int(count),
+                    first_sequence=int(first[0][1]) if first else last_sequence + 1,
+                    last_sequence=last_sequence,
+                    cursors={_text(c): int(s) for c, s in cursors.items()},
+                )
+            )
+        return states
+
+    async def prune(self, now_ns: int, retention_s: float, max_age_s: float) -> int:
+        """As the interface says; safe to run on every replica at once (each trim is one script)."""
+        client = self._client_or_raise()
+        args: list[str | int] = [
+            _cutoff_ns(now_ns, max_age_s),
+            _cutoff_ns(now_ns, retention_s),
+            constants.REDIS_PRUNE_BATCH,
+        ]
+        pruned = 0
+        with self._mapped("pruning"):
+            for repository_id in sorted(_text(r) for r in await client.smembers(self.keys.repositories)):
+                keys = [
+                    self.keys.events(repository_id),
+                    self.keys.received_at(repository_id),
+                    self.keys.deliveries(repository_id),
+                    self.keys.cursors(repository_id),
+                    self.keys.audit(repository_id),
+                ]
+                while True:
+                    count = int(await self._prune_script(keys=keys, args=args, client=client))
+                    pruned += count
+                    if count < constants.REDIS_PRUNE_BATCH:
+                        break
+        return pruned
