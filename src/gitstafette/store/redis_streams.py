@@ -25,6 +25,7 @@ import json
 import logging
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import astuple
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -447,17 +448,7 @@ class RedisStore(EventStore):
     # ---- dead letters and replays ----------------------------------------------------------------
 
     async def add_dead_letter(self, letter: DeadLetter) -> None:
-        member = f"{letter.failed_at_ns:020d} " + json.dumps(
-            [
-                letter.client_id,
-                letter.repository_id,
-                letter.sequence,
-                letter.delivery_id,
-                letter.reason,
-                letter.status_code,
-                letter.failed_at_ns,
-            ]
-        )
+        member = f"{letter.failed_at_ns:020d} " + json.dumps(astuple(letter))
         with self._mapped("recording a dead letter"):
             await self._add_dead_letter_script(
                 keys=[self.keys.dead_letters, self.keys.dead_letters_by_time],

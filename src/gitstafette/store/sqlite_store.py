@@ -17,6 +17,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -367,18 +368,8 @@ class SQLiteStore(EventStore):
 
     async def add_dead_letter(self, letter: DeadLetter) -> None:
         def write(connection: sqlite3.Connection) -> None:
-            connection.execute(
-                "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    letter.client_id,
-                    letter.repository_id,
-                    letter.sequence,
-                    letter.delivery_id,
-                    letter.reason,
-                    letter.status_code,
-                    letter.failed_at_ns,
-                ),
-            )
+            # The columns are DeadLetter's fields, in its order.
+            connection.execute("INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)", astuple(letter))
 
         await self._write(write)
 
