@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from gitstafette.exceptions import StoreError
 from gitstafette.model import DeadLetter, WebhookEvent
 from gitstafette.store import EventStore
 
@@ -30,6 +31,10 @@ logger = logging.getLogger("gitstafette.server.dispatch")
 #: Most unacknowledged events per lane, and most unacknowledged body bytes (at least one event goes).
 DEFAULT_WINDOW = 256
 DEFAULT_WINDOW_BYTES = 32 * 1024 * 1024
+
+#: How long a lane waits before trying an unavailable store again: doubling from the first to the second.
+STORE_RETRY_MIN_S = 0.1
+STORE_RETRY_MAX_S = 2.0
 
 _connection_ids = itertools.count(1)
 
@@ -64,36 +69,54 @@ class Lane:
     async def _run(self) -> None:
         group, repository_id = self.group, self.repository_id
         store, window, window_bytes = group.dispatcher.store, group.dispatcher.window, group.dispatcher.window_bytes
-        if repository_id not in group.cursors:
-            group.cursors[repository_id] = await store.start_cursor(group.client_id, repository_id)
-        after = group.cursors[repository_id]
-        logger.info(
-            "client %s: connection %d serves repository %s from sequence %d",
-            group.client_id,
-            self.connection.id,
-            repository_id,
-            after + 1,
-        )
-        await self.send_replays(await store.replays(group.client_id, repository_id))
+        #: the last sequence sent; None until the lane has its start (the store may be away at first too)
+        after: int | None = None
+        delay_s, failing = STORE_RETRY_MIN_S, False
         while not store.notifier.closed:
-            room = window - len(self.inflight)
-            if self.handing_off or room <= 0 or (self.inflight and self.inflight_bytes >= window_bytes):
-                self.room.clear()
-                await self.room.wait()
-                continue
-            events = await store.read_after(repository_id, after, limit=room)
-            if not events:
-                await store.wait_for_events(repository_id, after, timeout=None)
-                continue
-            # Sending and recording happen without an await in between, so a lane cancelled at any
-            # await has recorded everything it sent.
-            for event in events:
-                if self.handing_off or (self.inflight and self.inflight_bytes >= window_bytes):
-                    break
-                self.inflight[event.sequence] = _InFlight(event.delivery_id, len(event.body))
-                self.inflight_bytes += len(event.body)
-                self.connection.send(event, group.redelivery(event))
-                after = event.sequence
+            try:
+                if after is None:
+                    if repository_id not in group.cursors:
+                        group.cursors[repository_id] = await store.start_cursor(group.client_id, repository_id)
+                    start = group.cursors[repository_id]
+                    logger.info(
+                        "client %s: connection %d serves repository %s from sequence %d",
+                        group.client_id,
+                        self.connection.id,
+                        repository_id,
+                        start + 1,
+                    )
+                    await self.send_replays(await store.replays(group.client_id, repository_id))
+                    after = start
+                room = window - len(self.inflight)
+                if self.handing_off or room <= 0 or (self.inflight and self.inflight_bytes >= window_bytes):
+                    self.room.clear()
+                    await self.room.wait()
+                    continue
+                events = await store.read_after(repository_id, after, limit=room)
+                if failing:
+                    logger.info("client %s: the store answers again; serving %s", group.client_id, repository_id)
+                    delay_s, failing = STORE_RETRY_MIN_S, False
+                if not events:
+                    await store.wait_for_events(repository_id, after, timeout=None)
+                    continue
+                # Sending and recording happen without an await in between, so a lane cancelled at any
+                # await has recorded everything it sent.
+                for event in events:
+                    if self.handing_off or (self.inflight and self.inflight_bytes >= window_bytes):
+                        break
+                    self.inflight[event.sequence] = _InFlight(event.delivery_id, len(event.body))
+                    self.inflight_bytes += len(event.body)
+                    self.connection.send(event, group.redelivery(event))
+                    after = event.sequence
+            except StoreError as exc:
+                # The stream stays open: what it waits for is stored once the store is back.
+                if not failing:
+                    logger.warning(
+                        "client %s: cannot read repository %s (%s); retrying", group.client_id, repository_id, exc
+                    )
+                failing = True
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, STORE_RETRY_MAX_S)
 
     @property
     def idle(self) -> bool:

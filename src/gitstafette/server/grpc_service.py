@@ -22,7 +22,7 @@ from gitstafette.github.webhook import repository_in_body
 from gitstafette.model import WebhookEvent, event_from_pb, event_to_pb
 from gitstafette.server.audit import AuditLog
 from gitstafette.server.auth import Authenticator, Grant, Session
-from gitstafette.server.dispatch import Connection, Dispatcher
+from gitstafette.server.dispatch import STORE_RETRY_MAX_S, STORE_RETRY_MIN_S, Connection, Dispatcher
 from gitstafette.server.ingest import Ingest
 from gitstafette.store import EventStore
 
@@ -163,21 +163,47 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
         self, session: Session, client_id: str, repository_id: str, after: int, deadline: float | None
     ) -> AsyncGenerator[pb.WebhookEventsResponse, None]:
         last_sent = time.monotonic()
+        #: a cursor sent past but not yet recorded (the store was away when it was to be written)
+        unsaved: int | None = None
+        delay_s, failing = STORE_RETRY_MIN_S, False
         while not self.store.notifier.closed and session.ended is None:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 break
-            events = _fit_one_message(
-                await self.store.read_after(repository_id, after, limit=100), self.config.max_body_bytes
-            )
+            try:
+                if unsaved is not None:
+                    # Counts as delivered once sent: the original contract has no acknowledgement.
+                    await self.store.set_cursor(client_id, repository_id, unsaved)
+                    unsaved = None
+                events = _fit_one_message(
+                    await self.store.read_after(repository_id, after, limit=100), self.config.max_body_bytes
+                )
+            except StoreError as exc:
+                # The stream stays open, with heartbeats: what it waits for is stored once the store is back.
+                if not failing:
+                    logger.warning(
+                        "FetchWebhookEvents: client %s cannot read repository %s (%s); retrying",
+                        client_id,
+                        repository_id,
+                        exc,
+                    )
+                failing = True
+                if now - last_sent >= self.config.heartbeat_s:
+                    yield pb.WebhookEventsResponse()
+                    last_sent = time.monotonic()
+                pause_s = delay_s if deadline is None else max(0.0, min(delay_s, deadline - now))
+                await asyncio.sleep(pause_s)
+                delay_s = min(delay_s * 2, STORE_RETRY_MAX_S)
+                continue
+            if failing:
+                logger.info("FetchWebhookEvents: client %s, the store answers again", client_id)
+                delay_s, failing = STORE_RETRY_MIN_S, False
             if events:
                 for event in events:
                     self.audit.record(client_id, repository_id, event.sequence, "sent")
                 yield pb.WebhookEventsResponse(webhook_events=[event_to_pb(e) for e in events])
-                after = events[-1].sequence
+                after = unsaved = events[-1].sequence
                 last_sent = time.monotonic()
-                # Counts as delivered once sent: the original contract has no acknowledgement.
-                await self.store.set_cursor(client_id, repository_id, after)
                 continue
             wait = self.config.heartbeat_s - (now - last_sent)
             if deadline is not None:
@@ -187,6 +213,16 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
                 last_sent = time.monotonic()
                 continue
             await self._wait_for_events(session, repository_id, after, wait)
+        await self._record_last(client_id, repository_id, unsaved)
+
+    async def _record_last(self, client_id: str, repository_id: str, sequence: int | None) -> None:
+        """Record the cursor a stream that ends was sent past, if it is not recorded yet (and the store is there)."""
+        if sequence is None:
+            return
+        try:
+            await self.store.set_cursor(client_id, repository_id, sequence)
+        except StoreError as exc:
+            logger.warning("FetchWebhookEvents: client %s, cursor %d not recorded: %s", client_id, sequence, exc)
 
     async def WebhookEventPush(
         self, request: pb.WebhookEventPushRequest, context: grpc.aio.ServicerContext

@@ -39,6 +39,8 @@ logger = logging.getLogger("gitstafette.server")
 
 #: How often the store is checked for the gRPC health status.
 HEALTH_INTERVAL_S = 5.0
+#: How often the store is checked while it is unreachable.
+UNHEALTHY_INTERVAL_S = 0.5
 #: How often old events are pruned.
 PRUNE_INTERVAL_S = 60.0
 
@@ -224,7 +226,8 @@ class Server:
     async def _watch_store(self) -> None:
         serving = True
         while True:
-            await asyncio.sleep(HEALTH_INTERVAL_S)
+            # Checked more often while the store is away: SERVING again soon after it is back.
+            await asyncio.sleep(HEALTH_INTERVAL_S if serving else UNHEALTHY_INTERVAL_S)
             try:
                 await self.store.ping()
                 healthy = True
