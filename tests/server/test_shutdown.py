@@ -34,11 +34,12 @@ async def test_signal_ends_streams_cleanly_and_keeps_events(tmp_path: Path, sig:
 
             code = await asyncio.to_thread(server.stop, sig)
             # Both streams were ended by the server with status OK, not cut.
-            assert await legacy.read() is grpc.aio.EOF
-            assert await legacy.code() == grpc.StatusCode.OK
-            assert await stream.next_event(timeout=5) is None
+            last = await legacy.read()
+            assert last is grpc.aio.EOF, (last, server.log())
+            assert await legacy.code() == grpc.StatusCode.OK, (await legacy.details(), server.log())
+            assert await stream.next_event(timeout=5) is None, server.log()
             await channel.close()
-        assert code == 0
+        assert code == 0, server.log()
         assert "gitstafette server stopped" in server.log()
 
     # The unacknowledged event is still there for the acknowledged client after a restart.
