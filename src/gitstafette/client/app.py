@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -28,6 +29,7 @@ from starlette.routing import Route
 
 from gitstafette import __version__
 from gitstafette._http import EmbeddedHttpServer
+from gitstafette._signals import handling_signals
 from gitstafette.client.consumer import Consumer, Received, Stream
 from gitstafette.client.metrics import ClientMetrics
 from gitstafette.client.relay import Relay, Settlement, TargetHealth, create_http_client, create_target
@@ -105,16 +107,14 @@ class Client:
         self._stop.set()
 
     async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal, sig)
-        try:
-            await self.startup()
-            await self._stop.wait()
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-            await self.shutdown()
+        with handling_signals(
+            {sig: functools.partial(self._on_signal, sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        ):
+            try:
+                await self.startup()
+                await self._stop.wait()
+            finally:
+                await self.shutdown()
 
     def _on_signal(self, sig: int) -> None:
         logger.info("received %s: shutting down (grace %.0fs)", signal.Signals(sig).name, self.config.shutdown_grace_s)

@@ -8,9 +8,11 @@ finish, end every stream cleanly, close the store), each step bounded by the shu
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import time
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -21,6 +23,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from gitstafette._http import EmbeddedHttpServer
 from gitstafette._http_limits import HttpLimits
 from gitstafette._proto import gitstafette_info_pb2, gitstafette_info_pb2_grpc, gitstafette_pb2, gitstafette_pb2_grpc
+from gitstafette._signals import handling_signals
 from gitstafette.config import ServerConfig
 from gitstafette.exceptions import ConfigError, StoreError
 from gitstafette.secret_files import load_webhook_secrets
@@ -86,17 +89,15 @@ class Server:
         self._stop.set()
 
     async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
-        try:
-            await self.startup()
-            await self._stop.wait()
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
-            await self.shutdown()
+        handlers: dict[int, Callable[[], None]] = {
+            sig: functools.partial(self._on_signal, sig) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        with handling_signals({**handlers, signal.SIGHUP: self.reload}):
+            try:
+                await self.startup()
+                await self._stop.wait()
+            finally:
+                await self.shutdown()
 
     def reload(self) -> None:
         """Re-read the files of tokens and secrets; open streams whose token still grants what they read go
