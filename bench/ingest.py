@@ -1106,19 +1106,22 @@ def _print_stream(stream: dict[str, Any]) -> None:
     _rows(rows)
 
 
-def _print_profile(name: str, spy: dict[str, Any]) -> None:
+def _print_profile(
+    process: str, during: str, spy: dict[str, Any], threads: int = 6, own: int = 12, inclusive: int = 15
+) -> None:
+    """A py-spy profile as PySpy.summary() made it: the busiest threads, then the top frames."""
     print()
     print(
-        f"py-spy of the server during {name}: {spy['samples']} busy samples at {spy['rate_hz']} Hz "
-        "(% of the busy samples of all threads; py-spy slows the server down)"
+        f"py-spy of the {process} during {during}: {spy['samples']} busy samples at {spy['rate_hz']} Hz "
+        f"(% of the busy samples of all threads; py-spy slows the {process} down)"
     )
-    for t in spy["threads"][:6]:
+    for t in spy["threads"][:threads]:
         print(f"  {t['pct']:5.1f} %  {t['thread']}  (~{t['est_busy_s']:.1f} s busy)")
     print("  top by own time:")
-    for f in spy["top_self"][:12]:
+    for f in spy["top_self"][:own]:
         print(f"  {f['pct']:5.1f} %  {f['frame']}")
     print("  top by inclusive time (entry path left out):")
-    for f in spy["top_inclusive"][:15]:
+    for f in spy["top_inclusive"][:inclusive]:
         print(f"  {f['pct']:5.1f} %  {f['frame']}")
 
 
@@ -1133,7 +1136,7 @@ def print_table(report: dict[str, Any]) -> None:
         print("Goals: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in goals.items()))
     for name, spy in (("measure 1", report.get("py_spy")), ("measure 2", (stream or {}).get("py_spy"))):
         if spy and spy.get("top_self"):
-            _print_profile(name, spy)
+            _print_profile("server", name, spy)
     print()
 
 

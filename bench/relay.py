@@ -61,6 +61,7 @@ from ingest import (  # noqa: E402
     ServerUnderTest,
     Webhook,
     _latency_text,
+    _print_profile,
     _rows,
     _store_url,
     delivery_id,
@@ -1221,17 +1222,8 @@ def _print_profiles(report: dict[str, Any]) -> None:
         for role, spy in profiles.items():
             if not spy.get("top_self"):
                 continue
-            print()
-            print(f"py-spy of the {role} during measure {'A' if measure == 'latency' else 'B'}: {spy['samples']} "
-                  f"busy samples at {spy['rate_hz']} Hz (% of busy samples; py-spy slows it down)")  # fmt: skip
-            for t in spy["threads"][:4]:
-                print(f"  {t['pct']:5.1f} %  {t['thread']}")
-            print("  top by own time:")
-            for f in spy["top_self"][:10]:
-                print(f"  {f['pct']:5.1f} %  {f['frame']}")
-            print("  top by inclusive time:")
-            for f in spy["top_inclusive"][:12]:
-                print(f"  {f['pct']:5.1f} %  {f['frame']}")
+            during = f"measure {'A' if measure == 'latency' else 'B'}"
+            _print_profile(role, during, spy, threads=4, own=10, inclusive=12)
 
 
 def print_table(report: dict[str, Any]) -> None:

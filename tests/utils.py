@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Self, TypeVar
 
 import httpx
 
@@ -66,6 +67,9 @@ class ChildProcess:
         self.process: subprocess.Popen[str] | None = None
 
     def _started_by(self, line: str) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 30) -> Self:
         raise NotImplementedError
 
     def _spawn(self, command: list[str], timeout: float) -> None:
@@ -166,12 +170,23 @@ class ServerProcess(ChildProcess):
 def running_server(
     *args: str, env: dict[str, str] | None = None, program: list[str] | None = None
 ) -> Iterator[ServerProcess]:
-    server = ServerProcess(*args, env=env, program=program).start()
-    try:
+    with running(ServerProcess(*args, env=env, program=program), stop_timeout=20) as server:
         yield server
+
+
+Child = TypeVar("Child", bound=ChildProcess)
+
+
+@contextmanager
+def running(child: Child, stop_timeout: float = 30) -> Iterator[Child]:
+    """Start ``child``; afterwards stop it (SIGTERM), and kill it if it does not stop in ``stop_timeout``."""
+    child.start()
+    try:
+        yield child
     finally:
-        if server.alive():
+        if child.alive():
             try:
-                server.stop(timeout=20)
+                child.stop(timeout=stop_timeout)
             except subprocess.TimeoutExpired:
-                server.kill()
+                pass
+        child.kill()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -19,7 +18,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.utils import FIXTURES, ChildProcess, ServerProcess, github_request
+from tests.utils import FIXTURES, ChildProcess, ServerProcess, github_request, running
 
 _HEALTH = re.compile(r"listening: health=\S+:(\d+)")
 
@@ -260,16 +259,8 @@ def running_client(
     env: dict[str, str] | None = None,
 ) -> Iterator[ClientProcess]:
     servers = [server.grpc_target] if isinstance(server, ServerProcess) else server
-    client = ClientProcess(servers, repositories, target, client_id, *args, env=env).start()
-    try:
+    with running(ClientProcess(servers, repositories, target, client_id, *args, env=env)) as client:
         yield client
-    finally:
-        if client.alive():
-            try:
-                client.stop()
-            except subprocess.TimeoutExpired:
-                client.kill()
-        client.kill()
 
 
 def post_webhook(http: httpx.Client, server: ServerProcess, path: Path = PUSH, repository_id: str = "") -> str:

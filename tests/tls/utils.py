@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import socket
 import ssl
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gitstafette.certs import CERT_VALID_DAYS, Issued, create_ca, issue
 from tests.client.utils import PUSH, ClientProcess
-from tests.utils import ServerProcess, github_request
+from tests.utils import ServerProcess, github_request, running
 
 SERVER_NAMES = ("localhost", "127.0.0.1")
 
@@ -132,13 +131,5 @@ def tls_client_args(ca: Path, client: Files | None) -> list[str]:
 def running_tls_client(
     server: ServerProcess, repositories: list[str], target: str, client_id: str, *args: str
 ) -> Iterator[ClientProcess]:
-    client = TlsClientProcess([server.grpc_target], repositories, target, client_id, *args).start()
-    try:
+    with running(TlsClientProcess([server.grpc_target], repositories, target, client_id, *args)) as client:
         yield client
-    finally:
-        if client.alive():
-            try:
-                client.stop()
-            except subprocess.TimeoutExpired:
-                client.kill()
-        client.kill()
