@@ -123,12 +123,15 @@ class Server:
         await self.store.open()
         self._grpc = self._create_grpc_server()
         address = f"{config.host}:{config.grpc_port}"
-        if self.tls is None:
-            self.grpc_port = self._grpc.add_insecure_port(address)
-        else:
-            self.grpc_port = self._grpc.add_secure_port(address, self.tls.grpc_credentials())
+        try:
+            if self.tls is None:
+                self.grpc_port = self._grpc.add_insecure_port(address)
+            else:
+                self.grpc_port = self._grpc.add_secure_port(address, self.tls.grpc_credentials())
+        except RuntimeError as exc:  # grpcio's word for a port it cannot bind
+            raise OSError(f"cannot listen for gRPC on {address} (is the port taken?): {exc}") from exc
         if self.grpc_port == 0:
-            raise OSError(f"cannot listen for gRPC on {config.host}:{config.grpc_port}")
+            raise OSError(f"cannot listen for gRPC on {address} (is the port taken?)")
         self._info.grpc_port = self.grpc_port
         await self._grpc.start()
 
