@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Self, TypeVar
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "github"
@@ -24,6 +25,19 @@ if not FIXTURES.is_dir():  # a checkout elsewhere: GITSTAFETTE_FIXTURES points a
     FIXTURES = Path(os.environ.get("GITSTAFETTE_FIXTURES", FIXTURES))
 
 _LISTENING = re.compile(r"listening: http=\S+:(\d+) grpc=\S+:(\d+)")
+
+
+def metric_sum(url: str, name: str, **labels: str) -> float:
+    """The sum of the samples ``name`` with ``labels`` (among others) on ``url``/metrics, parsed with
+    prometheus-client's text parser (0 when there are none)."""
+    response = httpx.get(f"{url}/metrics", timeout=5)
+    response.raise_for_status()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def fixture_files() -> list[Path]:
@@ -82,7 +96,10 @@ class ChildProcess:
         self._drainer = threading.Thread(target=self._drain, args=(self.process, started), daemon=True)
         self._drainer.start()
         if not started.wait(timeout) or not self._ready:
-            exited = self.process.poll() is not None
+            try:  # its stderr closed: it is exiting, though poll() may not say so yet
+                exited = self._drainer.join(1) is None and self.process.wait(1) is not None
+            except subprocess.TimeoutExpired:
+                exited = False
             self.kill()
             what = "exited during startup" if exited else "did not start"
             raise RuntimeError(f"{self.name} {what}:\n" + self.log())

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.utils import FIXTURES, ChildProcess, ServerProcess, github_request, running
+from tests.utils import FIXTURES, ChildProcess, ServerProcess, github_request, metric_sum, running
 
 _HEALTH = re.compile(r"listening: health=\S+:(\d+)")
 
@@ -237,13 +236,8 @@ class ClientProcess(ChildProcess):
         return result
 
     def metric(self, name: str, **labels: str) -> float:
-        """The value of one sample on /metrics (0 when absent)."""
-        text = httpx.get(f"{self.url}/metrics", timeout=5).text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return float(sample.value)
-        return 0.0
+        """The sum of the samples ``name`` with ``labels`` on /metrics (0 when absent)."""
+        return metric_sum(self.url, name, **labels)
 
     def wait_connected(self, timeout: float = 20) -> dict[str, Any]:
         return wait_until(lambda: (h := self.health())["connected"] and h, timeout, "the client to connect")

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.security.utils import OTHER, PUSH, REPO, Calls, new_secret, post_signed, signed_request
-from tests.utils import FIXTURES, ServerProcess, running_server
+from tests.utils import FIXTURES, ServerProcess, metric_sum, running_server
 
 
 def stored_deliveries(server: ServerProcess, repository_id: str) -> list[str]:
@@ -22,10 +22,7 @@ def stored_deliveries(server: ServerProcess, repository_id: str) -> list[str]:
 
 
 def received(server: ServerProcess, outcome: str) -> float:
-    for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines():
-        if line.startswith(f'gitstafette_webhooks_received_total{{outcome="{outcome}"}}'):
-            return float(line.split()[-1])
-    return 0.0
+    return metric_sum(server.url, "gitstafette_webhooks_received_total", outcome=outcome)
 
 
 def test_wrong_or_missing_signature_gets_401_and_nothing_is_stored() -> None:

@@ -77,6 +77,10 @@ class _Lane:
         return known[1]
 
 
+def _status_label(settlement: Settlement) -> str:
+    return str(settlement.status_code) if settlement.status_code else "none"
+
+
 class Client:
     """One gitstafette client: ``await Client(config).serve()`` runs until stopped.
 
@@ -275,6 +279,7 @@ class Client:
         if problem is None:
             return None
         self.metrics.settled.labels("bad-signature").inc()
+        self.metrics.dead_letters(event.repository_id).inc()
         reason = f"refused by the client, not delivered: {problem} (altered after GitHub signed it, or another secret)"
         logger.error(
             "%s#%d (delivery %s, %d bytes) not delivered: %s; reported to the server as a dead letter",
@@ -293,6 +298,7 @@ class Client:
             if delivered is None:  # created on the first delivery, as the series appeared before
                 delivered = self._delivered_counter = self.metrics.settled.labels("delivered")
             delivered.inc()
+            self.metrics.deliveries(event.repository_id, "delivered", _status_label(settlement)).inc()
             lag_s = max(0.0, time.time() - event.received_at_ns / 1e9) if event.received_at_ns else None
             if lag_s is not None:
                 self.metrics.lag.observe(lag_s)
@@ -307,6 +313,8 @@ class Client:
                 )
         else:
             self.metrics.settled.labels("dead-letter").inc()
+            self.metrics.deliveries(event.repository_id, "dead-letter", _status_label(settlement)).inc()
+            self.metrics.dead_letters(event.repository_id).inc()
             logger.warning(
                 "dead letter %s (delivery %s) after %d attempts: %s",
                 name,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
+from gitstafette.telemetry.labels import LabelChildren
+
 __all__ = ["ClientMetrics"]
 
 # Counters without the extra *_created series: half the lines, nothing a dashboard uses.
@@ -13,6 +15,8 @@ _LAG_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 6
 
 
 class ClientMetrics:
+    """Every series of the client. Label children of per-event series are bound once (:class:`LabelChildren`)."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
@@ -35,9 +39,37 @@ class ClientMetrics:
             ["result"],
             registry=registry,
         )
+        self.deliveries = LabelChildren(
+            Counter(
+                "gitstafette_client_deliveries",
+                "Events settled after delivery attempts, by repository, outcome (delivered, dead-letter) and the "
+                "target's last HTTP status (none: no answer)",
+                ["repository", "outcome", "status"],
+                registry=registry,
+            ),
+            kept=2,
+        )
+        self.retries = LabelChildren(
+            Counter(
+                "gitstafette_client_delivery_retries",
+                "Delivery attempts that failed and are tried again, by repository",
+                ["repository"],
+                registry=registry,
+            ),
+            kept=0,
+        )
+        self.dead_letters = LabelChildren(
+            Counter(
+                "gitstafette_client_dead_letters",
+                "Events given up on and reported to the server as dead letters, by repository",
+                ["repository"],
+                registry=registry,
+            ),
+            kept=0,
+        )
         self.lag = Histogram(
             "gitstafette_client_delivery_lag_seconds",
-            "From the server receiving a webhook to the target accepting it",
+            "End-to-end latency: from the server receiving a webhook to the target accepting it",
             buckets=_LAG_BUCKETS_S,
             registry=registry,
         )

@@ -354,6 +354,7 @@ class Relay:
             if self.policy.gives_up(retrying_s, delay):
                 reason = f"still failing after {attempts} attempts in {retrying_s:.0f}s: {attempt.detail}"
                 return Settlement(False, attempts, reason, attempt.status_code)
+            self.metrics.retries(event.repository_id).inc()
             if attempts == 1:
                 logger.warning(
                     "delivery of %s (delivery %s) failed, retrying: %s", name, event.delivery_id, attempt.detail

@@ -14,6 +14,7 @@ import time
 
 from gitstafette.exceptions import StoreError
 from gitstafette.model import AuditAction, AuditRecord
+from gitstafette.server.metrics import ServerMetrics
 from gitstafette.store import EventStore
 
 __all__ = ["AuditLog"]
@@ -32,14 +33,17 @@ class AuditLog:
     the audit trail is read, so a reader sees everything recorded until then).
     """
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventStore, metrics: ServerMetrics) -> None:
         self.store = store
+        #: each record also counts in the metrics: sent → streamed, acknowledged, failed → dead letters
+        self._count = metrics.count_audit
         self._pending: list[AuditRecord] = []
         self._full = asyncio.Event()
         self._lock = asyncio.Lock()
 
     def record(self, client_id: str, repository_id: str, sequence: int, action: AuditAction) -> None:
         self._pending.append(AuditRecord(client_id, repository_id, sequence, action, time.time_ns()))
+        self._count(client_id, repository_id, action)
         if len(self._pending) >= FLUSH_BATCH:
             self._full.set()
 

@@ -393,6 +393,11 @@ class Dispatcher:
             for connection in group.connections:
                 connection.close()
 
+    def cursors(self) -> dict[tuple[str, str], int]:
+        """(client id, repository) → cursor, of every client id with a connection here (the store's are
+        written behind these)."""
+        return {(g.client_id, r): cursor for g in self._groups.values() for r, cursor in g.cursors.items()}
+
     def connection_count(self, client_id: str | None = None) -> int:
         """Open connections, of every client id or of one."""
         if client_id is not None:

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from json.encoder import encode_basestring
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -26,6 +26,7 @@ from gitstafette.server.audit import AuditLog
 from gitstafette.server.auth import Authenticator
 from gitstafette.server.dispatch import Dispatcher
 from gitstafette.server.ingest import Ingest, Outcome
+from gitstafette.server.metrics import ServerMetrics
 from gitstafette.store import EventStore
 
 __all__ = ["create_app"]
@@ -160,7 +161,7 @@ class _Endpoints:
         config: ServerConfig,
         store: EventStore,
         ingest: Ingest,
-        registry: CollectorRegistry,
+        metrics: ServerMetrics,
         dispatcher: Dispatcher,
         auth: Authenticator,
         audit: AuditLog,
@@ -168,7 +169,7 @@ class _Endpoints:
         self.config = config
         self.store = store
         self.ingest = ingest
-        self.registry = registry
+        self.server_metrics = metrics
         self.dispatcher = dispatcher
         self.auth = auth
         self.audit = audit
@@ -213,7 +214,8 @@ class _Endpoints:
 
     async def _refuse(self, headers: Mapping[str, str], exc: WebhookRejected, send: Send) -> None:
         label = {413: "too-large", 406: "rejected-unwatched", 408: "timeout"}.get(exc.status_code, "rejected-invalid")
-        self.ingest.count(Outcome(exc.status_code, exc.detail, label))
+        repository_id = headers.get("x-github-hook-installation-target-id", "")
+        self.ingest.count(Outcome(exc.status_code, exc.detail, label), repository_id, headers.get("x-github-event", ""))
         logger.info(
             "webhook %s refused with %d: %s",
             headers.get("x-github-delivery", "(no delivery id)"),
@@ -307,7 +309,8 @@ class _Endpoints:
         return PlainTextResponse("ready")
 
     async def metrics(self, request: Request) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+        await self.server_metrics.backlog.refresh()
+        return Response(generate_latest(self.server_metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -382,12 +385,12 @@ def create_app(
     config: ServerConfig,
     store: EventStore,
     ingest: Ingest,
-    registry: CollectorRegistry,
+    metrics: ServerMetrics,
     dispatcher: Dispatcher,
     auth: Authenticator,
     audit: AuditLog,
 ) -> ASGIApp:
-    endpoints = _Endpoints(config, store, ingest, registry, dispatcher, auth, audit)
+    endpoints = _Endpoints(config, store, ingest, metrics, dispatcher, auth, audit)
 
     async def webhook_not_allowed(request: Request) -> Response:  # pragma: no cover - _Front answers POST
         raise AssertionError("POST /v1/github/ is answered in front of starlette")

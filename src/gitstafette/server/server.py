@@ -18,7 +18,6 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, Gauge
 
 from gitstafette._http import EmbeddedHttpServer
 from gitstafette._http_limits import HttpLimits
@@ -33,6 +32,7 @@ from gitstafette.server.dispatch import Dispatcher
 from gitstafette.server.grpc_service import GitstafetteService, InfoService
 from gitstafette.server.http_app import create_app
 from gitstafette.server.ingest import Ingest
+from gitstafette.server.metrics import ServerMetrics
 from gitstafette.store import EventStore, create_store
 from gitstafette.tls import ServerTls
 
@@ -67,10 +67,11 @@ class Server:
         self.auth = Authenticator(config)
         secrets = load_webhook_secrets(config.webhook_secret, config.webhook_secrets_file)
         self.store = store or create_store(config.store)
-        self.registry = CollectorRegistry()
-        self.ingest = Ingest(config, self.store, self.registry, secrets)
-        self.audit = AuditLog(self.store)
         self.dispatcher = Dispatcher(self.store)
+        self.metrics = ServerMetrics(self.store, self.dispatcher.connection_count, self.dispatcher.cursors)
+        self.metrics.time_store(self.store)
+        self.ingest = Ingest(config, self.store, self.metrics, secrets)
+        self.audit = AuditLog(self.store, self.metrics)
         self.health = HealthServicer()
         self.http_port = config.http_port
         self.grpc_port = config.grpc_port
@@ -81,9 +82,6 @@ class Server:
         #: the certificate both listeners present, watched for renewal; None: plaintext
         self.tls: ServerTls | None = None
         self._info = InfoService(config)
-        Gauge("gitstafette_streams_connected", "Open acknowledged streams", registry=self.registry).set_function(
-            lambda: self.dispatcher.connection_count()
-        )
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -135,7 +133,7 @@ class Server:
         self._info.grpc_port = self.grpc_port
         await self._grpc.start()
 
-        app = create_app(config, self.store, self.ingest, self.registry, self.dispatcher, self.auth, self.audit)
+        app = create_app(config, self.store, self.ingest, self.metrics, self.dispatcher, self.auth, self.audit)
         self._http = EmbeddedHttpServer(
             app,
             config.host,
