@@ -871,8 +871,12 @@ def server_counters(base_url: str) -> dict[str, float]:
         text = httpx.get(f"{base_url}/metrics", timeout=10).text
     except httpx.HTTPError:
         return {}
-    found = re.findall(r'^gitstafette_webhooks_received_total\{outcome="([^"]+)"\} (\S+)$', text, re.MULTILINE)
-    return {outcome: float(value) for outcome, value in found}
+    counts: dict[str, float] = {}
+    for labels, value in re.findall(r"^gitstafette_webhooks_received_total\{([^}]*)\} (\S+)$", text, re.MULTILINE):
+        outcome = re.search(r'outcome="([^"]+)"', labels)
+        if outcome:  # summed over the other labels (repository, event)
+            counts[outcome.group(1)] = counts.get(outcome.group(1), 0.0) + float(value)
+    return counts
 
 
 # ---------------------------------------------------------------------------------------------------
