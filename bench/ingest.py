@@ -1153,7 +1153,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     target = parser.add_argument_group("server under test")
     target.add_argument("--store", default="sqlite", help="store of the server started here: sqlite (a file in a "
-                        "temporary folder), memory://, or a full sqlite:///PATH URL")  # fmt: skip
+                        "temporary folder), memory://, a full sqlite:///PATH URL, or redis://HOST:PORT/DB?prefix=NAME "
+                        "(the bench's keys stay there: use a database or prefix of your own)")  # fmt: skip
     target.add_argument("--url", help="measure a running server at this HTTP base URL instead of starting one")
     target.add_argument("--grpc", help="with --url: its gRPC address host:port (default: the --url host, port 50051)")
     target.add_argument("--db", help="with --url: its SQLite file, to check that every 201 is in it")
@@ -1211,7 +1212,9 @@ def _store_url(store: str, tmpdir: str) -> tuple[str, str | None]:
         return store, path if path.startswith("/") else str(ROOT / path)
     if store in ("memory", "memory://"):
         return "memory://", None
-    raise SystemExit(f"--store: {store!r}: use sqlite, memory:// or sqlite:///PATH")
+    if store.startswith(("redis://", "rediss://")):
+        return store, None
+    raise SystemExit(f"--store: {store!r}: use sqlite, memory://, sqlite:///PATH or redis://HOST:PORT/DB?prefix=NAME")
 
 
 @dataclass

@@ -874,8 +874,7 @@ async def measure_latency(
     relay_figures, direct_figures = sequential_figures(relayed), sequential_figures(floor)
 
     def ratio(key: str) -> float | None:
-        a, b = relay_figures["post_to_target"][key], direct_figures["post_to_target"][key]
-        return round(a / b, 1) if a is not None and b else None
+        return _ratio(relay_figures["post_to_target"][key], direct_figures["post_to_target"][key])
 
     return {
         "webhooks": n,
@@ -889,6 +888,11 @@ async def measure_latency(
         "cpu_relay_part": cpu.figures(n),
         **({"py_spy": profiles} if profiles else {}),
     }
+
+
+def _ratio(relay: float | None, direct: float | None) -> float | None:
+    """``relay / direct`` to one decimal, or None when either is missing or the floor is 0."""
+    return round(relay / direct, 1) if relay is not None and direct else None
 
 
 async def _concurrent_run(
@@ -956,6 +960,11 @@ async def measure_throughput(
         "unique_bodies": unique,
         "relay": relayed,
         "direct": floor,
+        "ratio_direct_to_relay_per_s": _ratio(floor["accepted_per_s"], relayed["delivered_per_s"]),
+        "ratio_relay_to_direct": {
+            "p50": _ratio(relayed["end_to_end"]["p50_ms"], floor["end_to_end"]["p50_ms"]),
+            "p99": _ratio(relayed["end_to_end"]["p99_ms"], floor["end_to_end"]["p99_ms"]),
+        },
     }
 
 
@@ -1211,6 +1220,9 @@ def _print_throughput(b: dict[str, Any]) -> None:
          "straight to the target"),
         ("direct: POST -> target p50 / p90 / p99 / max", _latency_text(d["end_to_end"]),
          f"lost {d['lost']}, body mismatches {d['body_mismatches']}"),
+        ("relay / direct", f"end-to-end p50 x{b['ratio_relay_to_direct']['p50']}, "
+         f"p99 x{b['ratio_relay_to_direct']['p99']}",
+         f"the direct floor passes x{b['ratio_direct_to_relay_per_s']} the relay's deliveries per second"),
     ]  # fmt: skip
     _rows(rows)
 
@@ -1245,7 +1257,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     under = parser.add_argument_group("what is measured")
     under.add_argument("--store", default="sqlite", help="store of the server started here: sqlite (a file in a "
-                       "temporary folder), memory://, or a full sqlite:///PATH URL")  # fmt: skip
+                       "temporary folder), memory://, a full sqlite:///PATH URL, or redis://HOST:PORT/DB?prefix=NAME "
+                       "(the bench's keys stay there: use a database or prefix of your own)")  # fmt: skip
     under.add_argument("--ingest-url", help="use a server and client that already run: the server's webhook URL "
                        "(e.g. http://127.0.0.1:1323/v1/github/); needs --target-port")  # fmt: skip
     under.add_argument("--target-port", type=int, help="with --ingest-url: the port the running client delivers to "
