@@ -7,7 +7,7 @@ import pytest
 
 from gitstafette.config import Watchlist
 from gitstafette.exceptions import WebhookRejected
-from gitstafette.github.webhook import parse_webhook
+from gitstafette.github.webhook import parse_webhook, repository_in_body
 from gitstafette.model import WebhookEvent
 from tests.utils import FIXTURES, github_request
 
@@ -171,6 +171,18 @@ def test_organization_hook_with_malformed_json_is_refused_with_400(body: bytes) 
     error = rejected(headers, body)
     assert error.status_code == 400
     assert "JSON" in error.detail
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"a":' * 100_000, b"payload=" + b"%5B" * 100_000])
+def test_organization_hook_with_json_nested_too_deeply_is_refused_with_400(body: bytes) -> None:
+    """json.loads raises RecursionError, not ValueError, on deep nesting: it once became a 500 (found by fuzzing)."""
+    headers, _ = org_hook("push.1.json")
+    if body.startswith(b"payload="):
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    error = rejected(headers, body)
+    assert error.status_code == 400
+    assert "nested too deeply" in error.detail
+    assert repository_in_body(body) == ("", "")
 
 
 @pytest.mark.parametrize("missing", ["X-GitHub-Delivery", "X-GitHub-Event"])

@@ -106,6 +106,8 @@ def _payload(headers: Mapping[str, str], body: bytes) -> Any:
         return json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise WebhookRejected(400, f"body is not valid JSON: {exc}") from exc
+    except RecursionError:  # arrays or objects nested deeper than the interpreter's recursion limit
+        raise WebhookRejected(400, "body is not a GitHub payload: JSON nested too deeply") from None
 
 
 def _name_of(repository_id: str, payload: Any) -> str:
