@@ -1,12 +1,23 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.client.utils import RecordingTarget
 from tests.utils import ServerProcess, running_server
+
+#: Fuzzing (hypothesis): in CI a bounded, repeatable number of examples per test; for a long run by hand,
+#: GITSTAFETTE_FUZZ_EXAMPLES=20000 (then examples are random, and failures are kept in .hypothesis/).
+FUZZ_EXAMPLES_ENV = "GITSTAFETTE_FUZZ_EXAMPLES"
+_SLOW_DATA = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
+settings.register_profile("ci", max_examples=150, deadline=None, derandomize=True, suppress_health_check=_SLOW_DATA)
+_LONG_EXAMPLES = int(os.environ.get(FUZZ_EXAMPLES_ENV) or 0) or 1
+settings.register_profile("long", max_examples=_LONG_EXAMPLES, deadline=None, suppress_health_check=_SLOW_DATA)
+settings.load_profile("long" if os.environ.get(FUZZ_EXAMPLES_ENV) else "ci")
 
 
 @pytest.fixture
