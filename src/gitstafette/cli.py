@@ -27,6 +27,7 @@ from gitstafette.config import (
 from gitstafette.events_cli import events_app
 from gitstafette.exceptions import ConfigError
 from gitstafette.logs import configure_logging
+from gitstafette.telemetry.otel import OtelSettings
 
 __all__ = ["app", "main"]
 
@@ -89,6 +90,13 @@ REQUEST_TIMEOUT_HELP = (
 )
 MAX_HEADER_HELP = "Largest request line plus headers of an HTTP request (else 431)."
 KEEP_ALIVE_HELP = "An idle keep-alive HTTP connection is closed after this long."
+OTEL_HELP = (
+    "Export OpenTelemetry traces (one per webhook, server and client spans linked) and the metrics over OTLP. "
+    "Where to: the standard OTEL_EXPORTER_OTLP_* variables, or the original's OTEL_HOSTNAME, OTEL_PORT (4317), "
+    "OTEL_PROTOCOL (grpc or http); OTEL_SERVICE_NAME; OTEL_TRACE_SAMPLING_RATE (0 to 1) or OTEL_TRACES_SAMPLER. "
+    "The standard variables win when both are set."
+)
+OTEL_OPTION = typer.Option("--otel/--no-otel", envvar=["GITSTAFETTE_OTEL_ENABLED", "OTEL_ENABLED"], help=OTEL_HELP)
 
 
 def _version(value: bool) -> None:
@@ -131,6 +139,7 @@ def server(
         str, typer.Option(envvar="GITSTAFETTE_SHUTDOWN_GRACE", help="How long in-flight work may take on shutdown.")
     ] = "10s",
     log_level: Annotated[str, typer.Option(envvar="GITSTAFETTE_LOG_LEVEL", help=LOG_LEVEL_HELP)] = "info",
+    otel: Annotated[bool, OTEL_OPTION] = False,
     tls_cert: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_CERT", help=TLS_CERT_HELP)] = "",
     tls_key: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_KEY", help=TLS_KEY_HELP)] = "",
     tls_client_ca: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_CLIENT_CA", help=TLS_CLIENT_CA_HELP)] = "",
@@ -188,6 +197,7 @@ def server(
             request_timeout_s=parse_duration(request_timeout, "request-timeout"),
             max_header_bytes=parse_size(max_header_size, "max-header-size"),
             keep_alive_timeout_s=parse_duration(keep_alive_timeout, "keep-alive-timeout"),
+            otel=OtelSettings.from_env(otel, constants.SERVER_SERVICE_NAME),
         )
     except ConfigError as exc:
         raise _fail(exc) from exc
@@ -291,6 +301,7 @@ def client(
         typer.Option(envvar="GITSTAFETTE_SHUTDOWN_GRACE", help="How long a delivery under way may take on shutdown."),
     ] = "10s",
     log_level: Annotated[str, typer.Option(envvar="GITSTAFETTE_LOG_LEVEL", help=LOG_LEVEL_HELP)] = "info",
+    otel: Annotated[bool, OTEL_OPTION] = False,
     token: Annotated[
         str,
         typer.Option(envvar=["GITSTAFETTE_TOKEN", "OAUTH_TOKEN"], help=CLIENT_TOKEN_HELP, show_default=False),
@@ -335,6 +346,7 @@ def client(
             webhook_secret=Secret.optional(webhook_secret),
             webhook_secrets_file=webhook_secrets_file,
             target_token=Secret.optional(target_token),
+            otel=OtelSettings.from_env(otel, constants.CLIENT_SERVICE_NAME),
         )
     except ConfigError as exc:
         raise _fail(exc) from exc

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from gitstafette import constants
 from gitstafette.exceptions import ConfigError
+from gitstafette.telemetry.otel import OtelSettings
 
 __all__ = [
     "ClientConfig",
@@ -320,6 +321,8 @@ class ServerConfig:
     max_header_bytes: int = constants.DEFAULT_MAX_HEADER_BYTES
     #: an idle keep-alive HTTP connection is closed after this long
     keep_alive_timeout_s: float = constants.DEFAULT_KEEP_ALIVE_TIMEOUT_S
+    #: OpenTelemetry traces and OTLP metrics (off by default)
+    otel: OtelSettings = field(default_factory=lambda: OtelSettings(False, constants.SERVER_SERVICE_NAME))
 
     @property
     def grpc_max_message_bytes(self) -> int:
@@ -433,6 +436,8 @@ class ClientConfig:
     webhook_secrets_file: str = ""
     #: for a ``grpc://`` target: the token the downstream server knows this client by
     target_token: Secret | None = None
+    #: OpenTelemetry traces and OTLP metrics (off by default)
+    otel: OtelSettings = field(default_factory=lambda: OtelSettings(False, constants.CLIENT_SERVICE_NAME))
 
     @staticmethod
     def split(values: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "DEFAULT_GRPC_PORT",
     "DEFAULT_HEARTBEAT_S",
+    "CLIENT_SERVICE_NAME",
     "DEFAULT_HTTP_PORT",
     "DEFAULT_KEEP_ALIVE_TIMEOUT_S",
     "DEFAULT_MAX_BODY_BYTES",
@@ -26,6 +27,7 @@ __all__ = [
     "HEADER_TARGET_TYPE",
     "METADATA_AUTHORIZATION",
     "REDIS_AUDIT_KEY",
+    "SERVER_SERVICE_NAME",
     "REDIS_CONNECT_TIMEOUT_S",
     "REDIS_CURSORS_KEY",
     "REDIS_DEAD_LETTERS_BY_FAILED_AT_NS_KEY",
@@ -52,6 +54,10 @@ SERVICE_NAME = "gitstafette"
 DEFAULT_HTTP_PORT = 1323
 DEFAULT_GRPC_PORT = 50051
 DEFAULT_CLIENT_HEALTH_PORT = 8080
+
+#: OpenTelemetry's service.name of each side, unless OTEL_SERVICE_NAME says
+SERVER_SERVICE_NAME = "gitstafette-server"
+CLIENT_SERVICE_NAME = "gitstafette-client"
 
 #: GitHub caps webhook payloads at 25 MB.
 DEFAULT_MAX_BODY_BYTES = 25 * 1024 * 1024

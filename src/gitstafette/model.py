@@ -76,6 +76,9 @@ class WebhookEvent:
     received_at_ns: int
     repository_name: str = ""
     sequence: int = 0
+    #: W3C trace context (traceparent, …) of the span that ingested it, while tracing is on; kept by the
+    #: store in memory only (an event read back from disk starts a trace of its own when it is streamed)
+    trace_context: tuple[tuple[str, str], ...] = ()
 
     def with_sequence(self, sequence: int) -> WebhookEvent:
         return replace(self, sequence=sequence)

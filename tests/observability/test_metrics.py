@@ -87,7 +87,9 @@ def test_label_values_from_outside_are_bounded() -> None:
     children("10", "push", "rejected-signature").inc()
 
     def value(*labels: str) -> float | None:
-        return registry.get_sample_value("made_up_total", dict(zip(["repository", "event", "outcome"], labels)))
+        return registry.get_sample_value(
+            "made_up_total", dict(zip(["repository", "event", "outcome"], labels, strict=True))
+        )
 
     assert value("0", "push", "stored") == 2
     assert value("2", "push", "stored") == 1

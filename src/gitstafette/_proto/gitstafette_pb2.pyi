@@ -145,20 +145,29 @@ class StreamResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[RelayedEvent, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., subscribed: _Optional[_Union[Subscribed, _Mapping]] = ...) -> None: ...
 
 class RelayedEvent(_message.Message):
-    __slots__ = ("repository_id", "sequence", "webhook_event", "received_at_unix_nanos", "redelivery", "replay")
+    __slots__ = ("repository_id", "sequence", "webhook_event", "received_at_unix_nanos", "redelivery", "replay", "trace_context")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     REPOSITORY_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     WEBHOOK_EVENT_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_AT_UNIX_NANOS_FIELD_NUMBER: _ClassVar[int]
     REDELIVERY_FIELD_NUMBER: _ClassVar[int]
     REPLAY_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     repository_id: str
     sequence: int
     webhook_event: WebhookEvent
     received_at_unix_nanos: int
     redelivery: int
     replay: bool
-    def __init__(self, repository_id: _Optional[str] = ..., sequence: _Optional[int] = ..., webhook_event: _Optional[_Union[WebhookEvent, _Mapping]] = ..., received_at_unix_nanos: _Optional[int] = ..., redelivery: _Optional[int] = ..., replay: _Optional[bool] = ...) -> None: ...
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, repository_id: _Optional[str] = ..., sequence: _Optional[int] = ..., webhook_event: _Optional[_Union[WebhookEvent, _Mapping]] = ..., received_at_unix_nanos: _Optional[int] = ..., redelivery: _Optional[int] = ..., replay: _Optional[bool] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("server_time_unix_nanos",)

@@ -39,6 +39,8 @@ from gitstafette.constants import HEADER_SIGNATURE_256
 from gitstafette.github.signature import WebhookSecrets
 from gitstafette.model import WebhookEvent
 from gitstafette.secret_files import load_webhook_secrets
+from gitstafette.telemetry import tracing
+from gitstafette.telemetry.process import Telemetry
 from gitstafette.tls import client_credentials, describe_client_tls
 
 __all__ = ["Client"]
@@ -77,6 +79,14 @@ class _Lane:
         return known[1]
 
 
+def _end_delivery_span(span: tracing.Span, settlement: Settlement | None) -> None:
+    if settlement is None:  # abandoned: shutdown, or its stream ended
+        tracing.end_delivery_span(span, None, 0, 0, "")
+    else:
+        acknowledged, attempts = settlement.acknowledged, settlement.attempts
+        tracing.end_delivery_span(span, acknowledged, attempts, settlement.status_code, settlement.reason)
+
+
 def _status_label(settlement: Settlement) -> str:
     return str(settlement.status_code) if settlement.status_code else "none"
 
@@ -91,6 +101,7 @@ class Client:
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
         self.metrics = ClientMetrics()
+        self.telemetry = Telemetry(config.otel, self.metrics.registry)
         self.consumer = Consumer(config, self._on_event, self.metrics)
         self.lanes: dict[str, _Lane] = {}
         self.health_port = config.health_port
@@ -142,6 +153,7 @@ class Client:
             max_age_s=config.max_delivery_age_s,
         )
         self._relay = Relay(target, policy, self.metrics, self._health)
+        self.telemetry.start()
         await self._start_health_port()
         if config.insecure:
             logger.warning(
@@ -152,6 +164,7 @@ class Client:
             logger.info("TLS to the server: %s", describe_client_tls(config.tls))
         self._consumer_task = asyncio.create_task(self.consumer.run(), name="consumer")
         self._consumer_task.add_done_callback(self._on_task_done)
+        logger.info("OpenTelemetry: %s", config.otel.describe())
         logger.info(
             "gitstafette client %s (%s) listening: health=%s:%d servers=%s repositories=%s target=%s",
             config.client_id,
@@ -258,10 +271,16 @@ class Client:
                 self._settle(stream, event, refused, not lane.queue.empty())
                 continue
             lane.busy = True
+            span = None
+            if tracing.tracer is not None:
+                span = tracing.start_delivery_span(tracing.tracer, event, self.config.target_display)
+            settlement = None
             try:
                 settlement = await self._relay.deliver(event, self._stopping, stream.ended)
             finally:
                 lane.busy = False
+                if span is not None:
+                    _end_delivery_span(span, settlement)
             if settlement is None:
                 continue  # shutting down, or its stream ended: unacknowledged, so the server sends it again
             lane.remember(event, settlement)
@@ -373,4 +392,5 @@ class Client:
             await self._http.aclose()
         if self._http_server is not None:
             await self._http_server.stop()
+        await self.telemetry.aclose()
         logger.info("gitstafette client stopped")

@@ -61,6 +61,7 @@ def event_from_relayed(message: pb.RelayedEvent) -> WebhookEvent:
         headers=headers,
         received_at_ns=message.received_at_unix_nanos,
         sequence=message.sequence,
+        trace_context=tuple(message.trace_context.items()) if message.trace_context else (),
     )
 
 

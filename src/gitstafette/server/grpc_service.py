@@ -25,6 +25,7 @@ from gitstafette.server.auth import Authenticator, Grant, Session
 from gitstafette.server.dispatch import STORE_RETRY_MAX_S, STORE_RETRY_MIN_S, Connection, Dispatcher
 from gitstafette.server.ingest import Ingest
 from gitstafette.store import EventStore
+from gitstafette.telemetry import tracing
 
 __all__ = ["GitstafetteService", "InfoService"]
 
@@ -350,16 +351,20 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
                 event, redelivery, replay = item
                 # Recorded as it is handed to gRPC: once yielded, its acknowledgement may come before we resume.
                 self.audit.record(connection.client_id, event.repository_id, event.sequence, "sent")
-                yield pb.StreamResponse(
-                    event=pb.RelayedEvent(
-                        repository_id=event.repository_id,
-                        sequence=event.sequence,
-                        webhook_event=event_to_pb(event),
-                        received_at_unix_nanos=event.received_at_ns,
-                        redelivery=redelivery,
-                        replay=replay,
-                    )
+                relayed = pb.RelayedEvent(
+                    repository_id=event.repository_id,
+                    sequence=event.sequence,
+                    webhook_event=event_to_pb(event),
+                    received_at_unix_nanos=event.received_at_ns,
+                    redelivery=redelivery,
+                    replay=replay,
                 )
+                span = None
+                if tracing.tracer is not None:  # the stream span; its context travels in the message
+                    span = tracing.start_stream_span(tracing.tracer, event, connection.client_id, relayed.trace_context)
+                yield pb.StreamResponse(event=relayed)
+                if span is not None:
+                    span.end()
         finally:
             for task in (reader, resolver):
                 if task is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gitstafette.config import ServerConfig
 from gitstafette.constants import HEADER_SIGNATURE_256
@@ -11,7 +11,8 @@ from gitstafette.exceptions import StoreError
 from gitstafette.github.signature import WebhookSecrets
 from gitstafette.model import WebhookEvent
 from gitstafette.server.metrics import ServerMetrics
-from gitstafette.store import EventStore
+from gitstafette.store import AppendResult, EventStore
+from gitstafette.telemetry import tracing
 
 __all__ = ["Ingest", "Outcome"]
 
@@ -47,15 +48,38 @@ class Ingest:
         self.store = store
         self.secrets = secrets or WebhookSecrets(config.webhook_secret)
         self.metrics = metrics
+        #: the store's kind, for the store span: memory, sqlite or redis
+        self.store_system = store.url.split(":", 1)[0] or type(store).__name__
 
     def count(self, outcome: Outcome, repository_id: str, event_type: str) -> Outcome:
         self.metrics.webhooks(repository_id, event_type, outcome.outcome).inc()
         return outcome
 
     async def store_event(self, event: WebhookEvent) -> Outcome:
-        outcome = await self._store_event(event)
+        if tracing.tracer is None:
+            outcome = await self._store_event(event)
+        else:
+            outcome = await self._store_event_traced(event, tracing.tracer)
         self.metrics.webhooks(event.repository_id, event.event_type, outcome.outcome).inc()
         return outcome
+
+    async def _store_event_traced(self, event: WebhookEvent, tracer: tracing.Tracer) -> Outcome:
+        """The ``ingest`` span (under the HTTP or gRPC server span, if any); the event keeps its context."""
+        with tracer.start_as_current_span("ingest", attributes=tracing.event_attributes(event)) as span:
+            event = replace(event, trace_context=tracing.current_trace_context())
+            outcome = await self._store_event(event)
+            span.set_attribute("gitstafette.outcome", outcome.outcome)
+            if outcome.event is not None:
+                span.set_attribute("gitstafette.sequence", outcome.event.sequence)
+            if outcome.status_code >= 500:
+                span.set_status(tracing.Status(tracing.StatusCode.ERROR, outcome.detail))
+            return outcome
+
+    async def _append(self, event: WebhookEvent) -> AppendResult:
+        if tracing.tracer is None:
+            return await self.store.append(event)
+        with tracing.tracer.start_as_current_span("store append", attributes={"db.system": self.store_system}):
+            return await self.store.append(event)
 
     async def _store_event(self, event: WebhookEvent) -> Outcome:
         if not event.delivery_id:
@@ -69,7 +93,7 @@ class Ingest:
             logger.warning("delivery %s for repository %s refused: %s", event.delivery_id, event.repository_id, problem)
             return Outcome(401, f"signature check failed: {problem}", "rejected-signature")
         try:
-            result = await self.store.append(event)
+            result = await self._append(event)
         except StoreError as exc:
             logger.error("cannot store delivery %s: %s", event.delivery_id, exc)
             return Outcome(503, "the event store is unavailable; redeliver later", "unavailable")

@@ -34,6 +34,7 @@ from gitstafette.server.http_app import create_app
 from gitstafette.server.ingest import Ingest
 from gitstafette.server.metrics import ServerMetrics
 from gitstafette.store import EventStore, create_store
+from gitstafette.telemetry.process import Telemetry
 from gitstafette.tls import ServerTls
 
 __all__ = ["Server"]
@@ -72,6 +73,7 @@ class Server:
         self.metrics.time_store(self.store)
         self.ingest = Ingest(config, self.store, self.metrics, secrets)
         self.audit = AuditLog(self.store, self.metrics)
+        self.telemetry = Telemetry(config.otel, self.metrics.registry, self.metrics.backlog.refresh)
         self.health = HealthServicer()
         self.http_port = config.http_port
         self.grpc_port = config.grpc_port
@@ -118,6 +120,7 @@ class Server:
         config = self.config
         # The certificate first: files that cannot be used stop the server before it opens anything.
         self.tls = ServerTls(config.tls) if config.tls.enabled else None
+        self.telemetry.start()
         await self.store.open()
         self._grpc = self._create_grpc_server()
         address = f"{config.host}:{config.grpc_port}"
@@ -133,7 +136,9 @@ class Server:
         self._info.grpc_port = self.grpc_port
         await self._grpc.start()
 
-        app = create_app(config, self.store, self.ingest, self.metrics, self.dispatcher, self.auth, self.audit)
+        app = self.telemetry.instrument_http(
+            create_app(config, self.store, self.ingest, self.metrics, self.dispatcher, self.auth, self.audit)
+        )
         self._http = EmbeddedHttpServer(
             app,
             config.host,
@@ -162,6 +167,7 @@ class Server:
             self._tasks.append(asyncio.create_task(self.tls.watch(), name="tls-reload"))
         if config.repositories.everything:
             logger.warning("watching every repository: set --repositories to accept only yours")
+        logger.info("OpenTelemetry: %s", config.otel.describe())
         logger.info(
             "gitstafette server %s listening: http=%s:%d grpc=%s:%d store=%s repositories=%s",
             config.server_id,
@@ -269,5 +275,6 @@ class Server:
             await self._grpc.stop(grace)
         # 3. Pending writes are committed (the last audit records too), then the store is closed.
         await self.audit.flush()
+        await self.telemetry.aclose()  # the last metrics (the backlog reads the store) and pending spans
         await self.store.aclose()
         logger.info("gitstafette server stopped")

@@ -1,0 +1,157 @@
+"""Traces: one per webhook, from the server's ingest to the client's delivery.
+
+The server's ``ingest`` span (under the HTTP server span of the OpenTelemetry ASGI middleware, or the
+pushing client's) holds the ``store append`` span; its context is kept with the event, so the ``stream``
+span, made when the event goes out on a client's stream, continues the same trace. That span's context
+travels in ``RelayedEvent.trace_context`` (W3C ``traceparent``), and the client's ``deliver`` span
+continues from it: a trace viewer shows the whole journey.
+
+Off by default. While off, :data:`tracer` is None and the hot paths test only that: no span, no context.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, MutableMapping
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.propagate import extract, inject
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+
+from gitstafette import __version__
+from gitstafette.model import WebhookEvent
+from gitstafette.telemetry.otel import OtelSettings, Protocol
+
+__all__ = [
+    "Span",
+    "Status",
+    "StatusCode",
+    "Tracer",
+    "context_of",
+    "current_trace_context",
+    "event_attributes",
+    "end_delivery_span",
+    "inject_into",
+    "shutdown_tracing",
+    "start_delivery_span",
+    "start_stream_span",
+    "start_tracing",
+    "trace_id_of",
+    "tracer",
+]
+
+logger = logging.getLogger("gitstafette.telemetry")
+
+#: the process's tracer while tracing is on; None while it is off (the default)
+tracer: Tracer | None = None
+_provider: TracerProvider | None = None
+
+
+def span_exporter(protocol: Protocol, endpoint: str | None) -> SpanExporter:
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+
+        return GrpcSpanExporter(endpoint=endpoint)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
+
+    return HttpSpanExporter(endpoint=endpoint)
+
+
+def resource(settings: OtelSettings) -> Resource:
+    """The service's resource: its name and version, plus ``OTEL_RESOURCE_ATTRIBUTES``."""
+    return Resource.create({"service.name": settings.service_name, "service.version": __version__})
+
+
+def start_tracing(settings: OtelSettings, exporter: SpanExporter | None = None) -> Tracer | None:
+    """Set up the tracer provider and :data:`tracer` (when ``settings.enabled``); spans go through a batch
+    processor to ``exporter`` (by default the OTLP exporter the settings name)."""
+    global tracer, _provider
+    if not settings.enabled:
+        return None
+    sampler = None if settings.sampling_rate is None else ParentBased(TraceIdRatioBased(settings.sampling_rate))
+    _provider = TracerProvider(resource=resource(settings), sampler=sampler)
+    _provider.add_span_processor(
+        BatchSpanProcessor(exporter or span_exporter(settings.traces_protocol, settings.traces_endpoint))
+    )
+    trace.set_tracer_provider(_provider)
+    tracer = _provider.get_tracer("gitstafette", __version__)
+    return tracer
+
+
+def shutdown_tracing() -> None:
+    """Export the spans still pending and stop (at the end of the process)."""
+    global tracer, _provider
+    if _provider is not None:
+        _provider.shutdown()
+    tracer, _provider = None, None
+
+
+def current_trace_context() -> tuple[tuple[str, str], ...]:
+    """The current span's context as W3C headers (``traceparent``, ``tracestate``), to keep with an event."""
+    carrier: dict[str, str] = {}
+    inject(carrier)
+    return tuple(carrier.items())
+
+
+def context_of(trace_context: Iterable[tuple[str, str]] | Mapping[str, str]) -> Context:
+    """The context to continue from, out of W3C headers kept with an event or sent with it."""
+    carrier = dict(trace_context.items() if isinstance(trace_context, Mapping) else trace_context)
+    return extract(carrier)
+
+
+def inject_into(span: Span, carrier: MutableMapping[str, str]) -> None:
+    """Write ``span``'s context into ``carrier`` (a protobuf map field works as one)."""
+    inject(carrier, context=trace.set_span_in_context(span))
+
+
+def event_attributes(event: WebhookEvent) -> dict[str, str | int]:
+    return {
+        "gitstafette.repository_id": event.repository_id,
+        "gitstafette.delivery_id": event.delivery_id,
+        "gitstafette.event": event.event_type,
+        "gitstafette.sequence": event.sequence,
+    }
+
+
+def start_stream_span(active: Tracer, event: WebhookEvent, client_id: str, carrier: MutableMapping[str, str]) -> Span:
+    """The server's ``stream`` span of an event going out to ``client_id``, in the event's trace (when it
+    has one); its context is written into ``carrier``, the relayed message's ``trace_context``."""
+    parent = context_of(event.trace_context) if event.trace_context else None
+    span = active.start_span("stream", context=parent, kind=SpanKind.PRODUCER, attributes=event_attributes(event))
+    span.set_attribute("gitstafette.client_id", client_id)
+    inject_into(span, carrier)
+    return span
+
+
+def start_delivery_span(active: Tracer, event: WebhookEvent, target: str) -> Span:
+    """The client's ``deliver`` span, continuing the trace the server sent with the event."""
+    parent = context_of(event.trace_context) if event.trace_context else None
+    span = active.start_span("deliver", context=parent, kind=SpanKind.CLIENT, attributes=event_attributes(event))
+    span.set_attribute("server.address", target)
+    return span
+
+
+def end_delivery_span(span: Span, acknowledged: bool | None, attempts: int, status_code: int, reason: str) -> None:
+    """``acknowledged`` None: the delivery was abandoned (shutdown, or its stream ended)."""
+    outcome = "abandoned" if acknowledged is None else "delivered" if acknowledged else "dead-letter"
+    span.set_attribute("gitstafette.outcome", outcome)
+    span.set_attribute("gitstafette.attempts", attempts)
+    if status_code:
+        span.set_attribute("http.response.status_code", status_code)
+    if acknowledged is False:
+        span.set_status(Status(StatusCode.ERROR, reason[:200]))
+    span.end()
+
+
+def trace_id_of(trace_context: Iterable[tuple[str, str]]) -> str:
+    """The trace id (32 hex digits) in W3C headers, or "" without a valid one."""
+    for name, value in trace_context:
+        if name == "traceparent":
+            parts = value.split("-")
+            return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""
+    return ""
