@@ -351,18 +351,21 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
                 event, redelivery, replay = item
                 # Recorded as it is handed to gRPC: once yielded, its acknowledgement may come before we resume.
                 self.audit.record(connection.client_id, event.repository_id, event.sequence, "sent")
-                relayed = pb.RelayedEvent(
-                    repository_id=event.repository_id,
-                    sequence=event.sequence,
-                    webhook_event=event_to_pb(event),
-                    received_at_unix_nanos=event.received_at_ns,
-                    redelivery=redelivery,
-                    replay=replay,
+                response = pb.StreamResponse(
+                    event=pb.RelayedEvent(
+                        repository_id=event.repository_id,
+                        sequence=event.sequence,
+                        webhook_event=event_to_pb(event),
+                        received_at_unix_nanos=event.received_at_ns,
+                        redelivery=redelivery,
+                        replay=replay,
+                    )
                 )
                 span = None
                 if tracing.tracer is not None:  # the stream span; its context travels in the message
-                    span = tracing.start_stream_span(tracing.tracer, event, connection.client_id, relayed.trace_context)
-                yield pb.StreamResponse(event=relayed)
+                    carrier = response.event.trace_context
+                    span = tracing.start_stream_span(tracing.tracer, event, connection.client_id, carrier)
+                yield response
                 if span is not None:
                     span.end()
         finally:
