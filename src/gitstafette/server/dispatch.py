@@ -92,12 +92,12 @@ class Lane:
                     self.room.clear()
                     await self.room.wait()
                     continue
-                events = await store.read_after(repository_id, after, limit=room)
+                events = await store.read_streamable_after(repository_id, after, limit=room)
                 if failing:
                     logger.info("client %s: the store answers again; serving %s", group.client_id, repository_id)
                     delay_s, failing = STORE_RETRY_MIN_S, False
                 if not events:
-                    await store.wait_for_events(repository_id, after, timeout=None)
+                    await store.wait_for_streamable(repository_id, after, timeout=None)
                     continue
                 # Sending and recording happen without an await in between, so a lane cancelled at any
                 # await has recorded everything it sent.

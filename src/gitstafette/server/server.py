@@ -271,6 +271,7 @@ class Server:
         await self._set_health(False)
         self.dispatcher.close()
         self.store.notifier.close()
+        self.store.streamable.close()
         if self._grpc is not None:
             await self._grpc.stop(grace)
         # 3. Pending writes are committed (the last audit records too), then the store is closed.

@@ -91,7 +91,11 @@ class EventStore(ABC):
     url: str = ""
 
     def __init__(self) -> None:
+        #: advances when an event is committed
         self.notifier = SequenceNotifier()
+        #: advances when an event may be streamed on the acknowledged stream: the same as ``notifier``, but
+        #: in a backend that streams an event while its commit is in flight (see ``read_streamable_after``)
+        self.streamable = self.notifier
 
     async def open(self) -> None:  # noqa: B027 (optional: a store with nothing to open keeps this)
         """Connect, create the schema if needed and load what the notifier must know."""
@@ -192,6 +196,24 @@ class EventStore(ABC):
     async def wait_for_events(self, repository_id: str, after_sequence: int, timeout: float | None) -> bool:
         """Wait until the repository has an event after ``after_sequence``; False on timeout."""
         return await self.notifier.wait_beyond(repository_id, after_sequence, timeout)
+
+    async def read_streamable_after(
+        self, repository_id: str, after_sequence: int, limit: int = 100
+    ) -> list[WebhookEvent]:
+        """What the acknowledged stream may send: ``read_after``, and in a backend that can, also events
+        whose commit is still in flight, so that delivery overlaps the disk's flush.
+
+        A backend that does this never gives a sequence twice while it runs, and never stores a cursor
+        beyond its committed events: an event streamed and then lost in a crash leaves no cursor past it,
+        so the sequence taken again after the restart is streamed too (the client tells the two apart by
+        their delivery ids). The original ``FetchWebhookEvents``, whose clients keep the cursor themselves,
+        reads committed events only.
+        """
+        return await self.read_after(repository_id, after_sequence, limit)
+
+    async def wait_for_streamable(self, repository_id: str, after_sequence: int, timeout: float | None) -> bool:
+        """Wait until ``read_streamable_after`` has an event after ``after_sequence``; False on timeout."""
+        return await self.streamable.wait_beyond(repository_id, after_sequence, timeout)
 
     async def __aenter__(self) -> EventStore:
         await self.open()

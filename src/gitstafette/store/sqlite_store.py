@@ -4,11 +4,18 @@ Every write goes through one writer thread that commits whatever is queued in on
 commit): under load a single fsync makes a whole group of webhooks durable, and ``append`` returns only
 after the commit that holds its event, so a 201 is never sent for an event a crash could lose.
 Reads use their own connections (WAL lets them run beside the writer).
+
+The acknowledged stream does not wait for that fsync: a new event is handed to it as soon as it has its
+sequence, while its commit is in flight (``read_streamable_after``), so the delivery to the target
+overlaps the disk's flush. What keeps that safe: a sequence is never given twice while the store runs
+(one whose commit failed stays unused), and a cursor is never stored beyond the repository's committed
+events, so an event streamed and then lost in a crash cannot make its successor look acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import queue
@@ -23,7 +30,7 @@ from typing import Any, Literal, TypeVar
 
 from gitstafette.exceptions import StoreError, StoreUnavailable
 from gitstafette.model import AuditRecord, DeadLetter, RepositoryState, WebhookEvent
-from gitstafette.store.base import AppendResult, EventStore, prunable
+from gitstafette.store.base import AppendResult, EventStore, SequenceNotifier, prunable
 
 __all__ = ["SQLiteStore"]
 
@@ -111,21 +118,35 @@ class _RecentEvents:
         self._max_bytes = max_bytes
 
     def add(self, event: WebhookEvent) -> None:
-        self._events[(event.repository_id, event.sequence)] = event
+        key = (event.repository_id, event.sequence)
+        if key in self._events:
+            return
+        self._events[key] = event
         self._bytes += len(event.body)
         while self._events and (len(self._events) > self._max_events or self._bytes > self._max_bytes):
             _, dropped = self._events.popitem(last=False)
             self._bytes -= len(dropped.body)
 
-    def after(self, repository_id: str, after_sequence: int, limit: int) -> list[WebhookEvent] | None:
-        """The events after ``after_sequence`` up to the newest, if the first of them is held; else None."""
+    def after(
+        self, repository_id: str, after_sequence: int, limit: int, up_to: int | None = None
+    ) -> list[WebhookEvent] | None:
+        """The events after ``after_sequence`` up to the newest (or ``up_to``), if the first of them is
+        held; else None."""
         found: list[WebhookEvent] = []
+        if up_to is not None:
+            limit = min(limit, up_to - after_sequence)
         while len(found) < limit:
             event = self._events.get((repository_id, after_sequence + 1 + len(found)))
             if event is None:
                 break
             found.append(event)
         return found or None
+
+    def discard(self, events: list[WebhookEvent]) -> None:
+        for event in events:
+            dropped = self._events.pop((event.repository_id, event.sequence), None)
+            if dropped is not None:
+                self._bytes -= len(dropped.body)
 
     def forget(self, repository_id: str, up_to_sequence: int) -> None:
         for key in [k for k in self._events if k[0] == repository_id and k[1] <= up_to_sequence]:
@@ -180,10 +201,14 @@ def _settle_all(group: list[_Write], results: list[Any], error: BaseException | 
                 if write.loop is loop:
                     write.settle(result, error)
 
-        try:
-            loop.call_soon_threadsafe(settle)
-        except RuntimeError:  # that loop is closed: nobody waits any more
-            pass
+        _call_in(loop, settle)
+
+
+def _call_in(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    try:
+        loop.call_soon_threadsafe(callback)
+    except RuntimeError:  # that loop is closed: nobody waits any more
+        pass
 
 
 class SQLiteStore(EventStore):
@@ -198,6 +223,7 @@ class SQLiteStore(EventStore):
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gitstafette-sqlite-read")
         self._local = threading.local()
         self._recent = _RecentEvents()
+        self.streamable = SequenceNotifier()
         self._checkpointer: threading.Thread | None = None
         self._closing = threading.Event()
         # Owned by the writer thread once it runs.
@@ -217,6 +243,7 @@ class SQLiteStore(EventStore):
         self._last_sequence = {repository_id: last for repository_id, last in rows}
         for repository_id, last in rows:
             self.notifier.advance(repository_id, last)
+            self.streamable.advance(repository_id, last)
         # Checkpoints run in their own thread (below), so no webhook's commit waits for one.
         connection.execute("PRAGMA wal_autocheckpoint=0")
         connection.execute(f"PRAGMA synchronous={self._durable_mode}")
@@ -296,16 +323,37 @@ class SQLiteStore(EventStore):
             connection.execute("BEGIN IMMEDIATE")
             for write in group:
                 results.append(write.function(connection))
+            # The new events go to the acknowledged streams now; the fsync below runs meanwhile.
+            appended = self._in_flight(group, results)
+            for loop, events in appended.items():
+                _call_in(loop, functools.partial(self._stream_early, events))
             connection.execute("COMMIT")
         except Exception as exc:  # the writer thread must survive any failure of one group
             logger.error("SQLite commit of %d writes failed: %s", len(group), exc)
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
-            rows = connection.execute("SELECT repository_id, last_sequence FROM repositories").fetchall()
-            self._last_sequence = dict(rows)
+            # The sequences this group gave stay used (self._last_sequence keeps them): an event may have
+            # been streamed under one already, so a later event must not come under the same number.
+            for loop, events in self._in_flight(group, results).items():
+                _call_in(loop, functools.partial(self._recent.discard, events))
             _settle_all(group, [None] * len(group), StoreError(f"SQLite write failed: {exc}"))
             return
         _settle_all(group, results, None)
+
+    @staticmethod
+    def _in_flight(group: list[_Write], results: list[Any]) -> dict[asyncio.AbstractEventLoop, list[WebhookEvent]]:
+        """The events this group's appends created, by the event loop that waits for them."""
+        appended: dict[asyncio.AbstractEventLoop, list[WebhookEvent]] = {}
+        for write, result in zip(group, results, strict=False):  # shorter when a write failed
+            if isinstance(result, AppendResult) and result.created:
+                appended.setdefault(write.loop, []).append(result.event)
+        return appended
+
+    def _stream_early(self, events: list[WebhookEvent]) -> None:
+        """Runs in the event loop: hand events whose commit is in flight to the acknowledged streams."""
+        for event in events:
+            self._recent.add(event)
+            self.streamable.advance(event.repository_id, event.sequence)
 
     async def _write(self, function: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
         if self._writer is None:
@@ -349,16 +397,22 @@ class SQLiteStore(EventStore):
     async def append(self, event: WebhookEvent) -> AppendResult:
         result = await self._write(lambda c: self._append_in_writer(c, event))
         if result.created:
+            # _stream_early ran before this (the writer hands both over in that order); repeated for a loop
+            # other than the writer's callers' (harmless: both are idempotent).
             self._recent.add(result.event)
+            self.streamable.advance(event.repository_id, result.event.sequence)
             self.notifier.advance(event.repository_id, result.event.sequence)
         return result
 
     async def set_cursor(self, client_id: str, repository_id: str, sequence: int) -> None:
         def write(connection: sqlite3.Connection) -> None:
+            # Never beyond the committed events: an acknowledgement of an event streamed before its commit
+            # may come before a failed commit, or travel in a later group than the crash lets through.
             connection.execute(
-                "INSERT INTO cursors (client_id, repository_id, sequence) VALUES (?, ?, ?) "
+                "INSERT INTO cursors (client_id, repository_id, sequence) VALUES (?, ?, "
+                "MIN(?, COALESCE((SELECT last_sequence FROM repositories WHERE repository_id = ?), 0))) "
                 "ON CONFLICT (client_id, repository_id) DO UPDATE SET sequence = MAX(sequence, excluded.sequence)",
-                (client_id, repository_id, sequence),
+                (client_id, repository_id, sequence, repository_id),
             )
             connection.execute(
                 "INSERT INTO repositories (repository_id) VALUES (?) ON CONFLICT DO NOTHING", (repository_id,)
@@ -470,9 +524,10 @@ class SQLiteStore(EventStore):
             raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
 
     async def read_after(self, repository_id: str, after_sequence: int, limit: int = 100) -> list[WebhookEvent]:
-        if self.notifier.latest(repository_id) <= after_sequence:
+        committed = self.notifier.latest(repository_id)
+        if committed <= after_sequence:
             return []
-        recent = self._recent.after(repository_id, after_sequence, limit)
+        recent = self._recent.after(repository_id, after_sequence, limit, up_to=committed)
         if recent is not None:
             return recent
         rows = await self._read(
@@ -483,6 +538,19 @@ class SQLiteStore(EventStore):
             ).fetchall()
         )
         return [_row_to_event(row) for row in rows]
+
+    async def read_streamable_after(
+        self, repository_id: str, after_sequence: int, limit: int = 100
+    ) -> list[WebhookEvent]:
+        if self.streamable.latest(repository_id) <= after_sequence:
+            return []
+        recent = self._recent.after(repository_id, after_sequence, limit)
+        if recent is not None:
+            return recent
+        # Not held in memory (older events, or the gap a failed commit left): the committed ones, once the
+        # commit in flight is done.
+        await self.notifier.wait_beyond(repository_id, after_sequence, None)
+        return await self.read_after(repository_id, after_sequence, limit)
 
     async def get_cursor(self, client_id: str, repository_id: str) -> int | None:
         row = await self._read(
