@@ -20,19 +20,34 @@ def bearer(token: str | None) -> tuple[tuple[str, str], ...] | None:
 class AckStream:
     """One connection of the acknowledged stream."""
 
-    def __init__(self, target: str, client_id: str, repository_ids: list[str], token: str | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        client_id: str,
+        repository_ids: list[str],
+        token: str | None = None,
+        accepts_batches: bool = False,
+    ) -> None:
         self.channel = grpc.aio.insecure_channel(target, options=OPTIONS)
         self.call = pb_grpc.GitstafetteStub(self.channel).StreamWebhookEvents(metadata=bearer(token))
         self.client_id = client_id
         self.repository_ids = repository_ids
         self.assigned: list[str] = []
+        self.accepts_batches = accepts_batches
+        #: how many events each message that carried events had, in the order they came
+        self.message_sizes: list[int] = []
+        self._batched: list[pb.RelayedEvent] = []  # the rest of the last batch, not yet returned
         # Reads happen in one task: cancelling a pending read would cancel the whole call.
         self.responses: asyncio.Queue[pb.StreamResponse | BaseException | None] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> AckStream:
         await self.call.write(
-            pb.StreamRequest(subscribe=pb.Subscribe(client_id=self.client_id, repository_ids=self.repository_ids))
+            pb.StreamRequest(
+                subscribe=pb.Subscribe(
+                    client_id=self.client_id, repository_ids=self.repository_ids, accepts_batches=self.accepts_batches
+                )
+            )
         )
         self._reader = asyncio.create_task(self._read())
         return self
@@ -58,6 +73,8 @@ class AckStream:
 
     async def next_event(self, timeout: float = 10) -> pb.RelayedEvent | None:
         """The next event, or None when nothing came within ``timeout``."""
+        if self._batched:
+            return self._batched.pop(0)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -74,7 +91,12 @@ class AckStream:
                 raise response
             kind = response.WhichOneof("kind")
             if kind == "event":
+                self.message_sizes.append(1)
                 return response.event
+            if kind == "events":
+                self.message_sizes.append(len(response.events.events))
+                first, *self._batched = response.events.events
+                return first
             if kind == "subscribed":
                 self.assigned = list(response.subscribed.repository_ids)
 

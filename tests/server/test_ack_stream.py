@@ -263,3 +263,26 @@ async def test_a_connection_left_without_repositories_hears_so_at_once(server: S
             got = await asyncio.wait_for(second.responses.get(), 10)
             assert not isinstance(got, BaseException) and got is not None
             assert got.WhichOneof("kind") == "subscribed" and list(got.subscribed.repository_ids) == []
+
+
+@pytest.mark.parametrize("accepts_batches", [True, False])
+async def test_events_that_are_ready_travel_together_to_a_client_that_takes_batches(
+    server: ServerProcess, accepts_batches: bool
+) -> None:
+    # Stored before the stream opens: the lane hands them all to the connection at once.
+    ids = await post(server, count=100)
+    async with AckStream(server.grpc_target, "ci", ["186853002"], accepts_batches=accepts_batches) as stream:
+        events = [await stream.next_event() for _ in ids]
+        assert [e.webhook_event.event_id for e in events if e] == ids
+        assert [e.sequence for e in events if e] == list(range(1, 101))
+        for event in events:
+            assert event is not None
+            await stream.ack(event)
+        await _until_pending(server, "ci", 0)
+        assert await stream.next_event(timeout=0.2) is None, "each event once"
+    if accepts_batches:
+        assert max(stream.message_sizes) > 1, stream.message_sizes
+        assert max(stream.message_sizes) <= 64  # BATCH_MAX_EVENTS
+    else:
+        # A client that did not ask (an older one) gets one event per message, as before.
+        assert set(stream.message_sizes) == {1}

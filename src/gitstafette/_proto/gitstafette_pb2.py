@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n gitstafette/v1/gitstafette.proto\x12\x0egitstafette.v1\"w\n\x14WebhookEventsRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rrepository_id\x18\x02 \x01(\t\x12\x1e\n\x16last_received_event_id\x18\x03 \x01(\x04\x12\x15\n\rduration_secs\x18\x04 \x01(\r\"M\n\x15WebhookEventsResponse\x12\x34\n\x0ewebhook_events\x18\x01 \x03(\x0b\x32\x1c.gitstafette.v1.WebhookEvent\"W\n\x0cWebhookEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\'\n\x07headers\x18\x03 \x03(\x0b\x32\x16.gitstafette.v1.Header\"&\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x01(\t\"x\n\x17WebhookEventPushRequest\x12\x11\n\tcliend_id\x18\x01 \x01(\t\x12\x15\n\rrepository_id\x18\x02 \x01(\t\x12\x33\n\rwebhook_event\x18\x03 \x01(\x0b\x32\x1c.gitstafette.v1.WebhookEvent\"a\n\x18WebhookEventPushResponse\x12\x15\n\rresponse_code\x18\x01 \x01(\t\x12\x1c\n\x14response_description\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x08\"E\n\x19WebhookEventStatusRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rrepository_id\x18\x02 \x01(\t\"0\n\x1bWebhookEventStatusesRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"e\n\x1aWebhookEventStatusResponse\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x15\n\rrepository_id\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\"\xbd\x01\n\rStreamRequest\x12.\n\tsubscribe\x18\x01 \x01(\x0b\x32\x19.gitstafette.v1.SubscribeH\x00\x12\"\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x13.gitstafette.v1.AckH\x00\x12*\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x17.gitstafette.v1.FailureH\x00\x12$\n\x04\x61\x63ks\x18\x04 \x01(\x0b\x32\x14.gitstafette.v1.AcksH\x00\x42\x06\n\x04kind\"6\n\tSubscribe\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x16\n\x0erepository_ids\x18\x02 \x03(\t\".\n\x03\x41\x63k\x12\x15\n\rrepository_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\")\n\x04\x41\x63ks\x12!\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x13.gitstafette.v1.Ack\"W\n\x07\x46\x61ilure\x12\x15\n\rrepository_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0bstatus_code\x18\x04 \x01(\r\"\xa9\x01\n\x0eStreamResponse\x12-\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.gitstafette.v1.RelayedEventH\x00\x12.\n\theartbeat\x18\x02 \x01(\x0b\x32\x19.gitstafette.v1.HeartbeatH\x00\x12\x30\n\nsubscribed\x18\x03 \x01(\x0b\x32\x1a.gitstafette.v1.SubscribedH\x00\x42\x06\n\x04kind\"\xac\x02\n\x0cRelayedEvent\x12\x15\n\rrepository_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x33\n\rwebhook_event\x18\x03 \x01(\x0b\x32\x1c.gitstafette.v1.WebhookEvent\x12\x1e\n\x16received_at_unix_nanos\x18\x04 \x01(\x03\x12\x12\n\nredelivery\x18\x05 \x01(\r\x12\x0e\n\x06replay\x18\x06 \x01(\x08\x12\x45\n\rtrace_context\x18\x07 \x03(\x0b\x32..gitstafette.v1.RelayedEvent.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"+\n\tHeartbeat\x12\x1e\n\x16server_time_unix_nanos\x18\x01 \x01(\x03\"7\n\nSubscribed\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x16\n\x0erepository_ids\x18\x02 \x03(\t2\x9d\x04\n\x0bGitstafette\x12\x65\n\x12\x46\x65tchWebhookEvents\x12$.gitstafette.v1.WebhookEventsRequest\x1a%.gitstafette.v1.WebhookEventsResponse\"\x00\x30\x01\x12g\n\x10WebhookEventPush\x12\'.gitstafette.v1.WebhookEventPushRequest\x1a(.gitstafette.v1.WebhookEventPushResponse\"\x00\x12m\n\x12WebhookEventStatus\x12).gitstafette.v1.WebhookEventStatusRequest\x1a*.gitstafette.v1.WebhookEventStatusResponse\"\x00\x12s\n\x14WebhookEventStatuses\x12+.gitstafette.v1.WebhookEventStatusesRequest\x1a*.gitstafette.v1.WebhookEventStatusResponse\"\x00\x30\x01\x12Z\n\x13StreamWebhookEvents\x12\x1d.gitstafette.v1.StreamRequest\x1a\x1e.gitstafette.v1.StreamResponse\"\x00(\x01\x30\x01\x42\x34Z2github.com/joostvdg/gitstafette/api/gitstafette_v1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n gitstafette/v1/gitstafette.proto\x12\x0egitstafette.v1\"w\n\x14WebhookEventsRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rrepository_id\x18\x02 \x01(\t\x12\x1e\n\x16last_received_event_id\x18\x03 \x01(\x04\x12\x15\n\rduration_secs\x18\x04 \x01(\r\"M\n\x15WebhookEventsResponse\x12\x34\n\x0ewebhook_events\x18\x01 \x03(\x0b\x32\x1c.gitstafette.v1.WebhookEvent\"W\n\x0cWebhookEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\'\n\x07headers\x18\x03 \x03(\x0b\x32\x16.gitstafette.v1.Header\"&\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x01(\t\"x\n\x17WebhookEventPushRequest\x12\x11\n\tcliend_id\x18\x01 \x01(\t\x12\x15\n\rrepository_id\x18\x02 \x01(\t\x12\x33\n\rwebhook_event\x18\x03 \x01(\x0b\x32\x1c.gitstafette.v1.WebhookEvent\"a\n\x18WebhookEventPushResponse\x12\x15\n\rresponse_code\x18\x01 \x01(\t\x12\x1c\n\x14response_description\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x08\"E\n\x19WebhookEventStatusRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rrepository_id\x18\x02 \x01(\t\"0\n\x1bWebhookEventStatusesRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"e\n\x1aWebhookEventStatusResponse\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x15\n\rrepository_id\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\"\xbd\x01\n\rStreamRequest\x12.\n\tsubscribe\x18\x01 \x01(\x0b\x32\x19.gitstafette.v1.SubscribeH\x00\x12\"\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x13.gitstafette.v1.AckH\x00\x12*\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x17.gitstafette.v1.FailureH\x00\x12$\n\x04\x61\x63ks\x18\x04 \x01(\x0b\x32\x14.gitstafette.v1.AcksH\x00\x42\x06\n\x04kind\"O\n\tSubscribe\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x16\n\x0erepository_ids\x18\x02 \x03(\t\x12\x17\n\x0f\x61\x63\x63\x65pts_batches\x18\x03 \x01(\x08\".\n\x03\x41\x63k\x12\x15\n\rrepository_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\")\n\x04\x41\x63ks\x12!\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x13.gitstafette.v1.Ack\"W\n\x07\x46\x61ilure\x12\x15\n\rrepository_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0bstatus_code\x18\x04 \x01(\r\"\xda\x01\n\x0eStreamResponse\x12-\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.gitstafette.v1.RelayedEventH\x00\x12.\n\theartbeat\x18\x02 \x01(\x0b\x32\x19.gitstafette.v1.HeartbeatH\x00\x12\x30\n\nsubscribed\x18\x03 \x01(\x0b\x32\x1a.gitstafette.v1.SubscribedH\x00\x12/\n\x06\x65vents\x18\x04 \x01(\x0b\x32\x1d.gitstafette.v1.RelayedEventsH\x00\x42\x06\n\x04kind\"=\n\rRelayedEvents\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.gitstafette.v1.RelayedEvent\"\xac\x02\n\x0cRelayedEvent\x12\x15\n\rrepository_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x33\n\rwebhook_event\x18\x03 \x01(\x0b\x32\x1c.gitstafette.v1.WebhookEvent\x12\x1e\n\x16received_at_unix_nanos\x18\x04 \x01(\x03\x12\x12\n\nredelivery\x18\x05 \x01(\r\x12\x0e\n\x06replay\x18\x06 \x01(\x08\x12\x45\n\rtrace_context\x18\x07 \x03(\x0b\x32..gitstafette.v1.RelayedEvent.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"+\n\tHeartbeat\x12\x1e\n\x16server_time_unix_nanos\x18\x01 \x01(\x03\"7\n\nSubscribed\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x16\n\x0erepository_ids\x18\x02 \x03(\t2\x9d\x04\n\x0bGitstafette\x12\x65\n\x12\x46\x65tchWebhookEvents\x12$.gitstafette.v1.WebhookEventsRequest\x1a%.gitstafette.v1.WebhookEventsResponse\"\x00\x30\x01\x12g\n\x10WebhookEventPush\x12\'.gitstafette.v1.WebhookEventPushRequest\x1a(.gitstafette.v1.WebhookEventPushResponse\"\x00\x12m\n\x12WebhookEventStatus\x12).gitstafette.v1.WebhookEventStatusRequest\x1a*.gitstafette.v1.WebhookEventStatusResponse\"\x00\x12s\n\x14WebhookEventStatuses\x12+.gitstafette.v1.WebhookEventStatusesRequest\x1a*.gitstafette.v1.WebhookEventStatusResponse\"\x00\x30\x01\x12Z\n\x13StreamWebhookEvents\x12\x1d.gitstafette.v1.StreamRequest\x1a\x1e.gitstafette.v1.StreamResponse\"\x00(\x01\x30\x01\x42\x34Z2github.com/joostvdg/gitstafette/api/gitstafette_v1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -55,23 +55,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMREQUEST']._serialized_start=827
   _globals['_STREAMREQUEST']._serialized_end=1016
   _globals['_SUBSCRIBE']._serialized_start=1018
-  _globals['_SUBSCRIBE']._serialized_end=1072
-  _globals['_ACK']._serialized_start=1074
-  _globals['_ACK']._serialized_end=1120
-  _globals['_ACKS']._serialized_start=1122
-  _globals['_ACKS']._serialized_end=1163
-  _globals['_FAILURE']._serialized_start=1165
-  _globals['_FAILURE']._serialized_end=1252
-  _globals['_STREAMRESPONSE']._serialized_start=1255
-  _globals['_STREAMRESPONSE']._serialized_end=1424
-  _globals['_RELAYEDEVENT']._serialized_start=1427
-  _globals['_RELAYEDEVENT']._serialized_end=1727
-  _globals['_RELAYEDEVENT_TRACECONTEXTENTRY']._serialized_start=1676
-  _globals['_RELAYEDEVENT_TRACECONTEXTENTRY']._serialized_end=1727
-  _globals['_HEARTBEAT']._serialized_start=1729
-  _globals['_HEARTBEAT']._serialized_end=1772
-  _globals['_SUBSCRIBED']._serialized_start=1774
-  _globals['_SUBSCRIBED']._serialized_end=1829
-  _globals['_GITSTAFETTE']._serialized_start=1832
-  _globals['_GITSTAFETTE']._serialized_end=2373
+  _globals['_SUBSCRIBE']._serialized_end=1097
+  _globals['_ACK']._serialized_start=1099
+  _globals['_ACK']._serialized_end=1145
+  _globals['_ACKS']._serialized_start=1147
+  _globals['_ACKS']._serialized_end=1188
+  _globals['_FAILURE']._serialized_start=1190
+  _globals['_FAILURE']._serialized_end=1277
+  _globals['_STREAMRESPONSE']._serialized_start=1280
+  _globals['_STREAMRESPONSE']._serialized_end=1498
+  _globals['_RELAYEDEVENTS']._serialized_start=1500
+  _globals['_RELAYEDEVENTS']._serialized_end=1561
+  _globals['_RELAYEDEVENT']._serialized_start=1564
+  _globals['_RELAYEDEVENT']._serialized_end=1864
+  _globals['_RELAYEDEVENT_TRACECONTEXTENTRY']._serialized_start=1813
+  _globals['_RELAYEDEVENT_TRACECONTEXTENTRY']._serialized_end=1864
+  _globals['_HEARTBEAT']._serialized_start=1866
+  _globals['_HEARTBEAT']._serialized_end=1909
+  _globals['_SUBSCRIBED']._serialized_start=1911
+  _globals['_SUBSCRIBED']._serialized_end=1966
+  _globals['_GITSTAFETTE']._serialized_start=1969
+  _globals['_GITSTAFETTE']._serialized_end=2510
 # @@protoc_insertion_point(module_scope)

@@ -101,12 +101,14 @@ class StreamRequest(_message.Message):
     def __init__(self, subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., acks: _Optional[_Union[Acks, _Mapping]] = ...) -> None: ...
 
 class Subscribe(_message.Message):
-    __slots__ = ("client_id", "repository_ids")
+    __slots__ = ("client_id", "repository_ids", "accepts_batches")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     REPOSITORY_IDS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTS_BATCHES_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     repository_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, client_id: _Optional[str] = ..., repository_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    accepts_batches: bool
+    def __init__(self, client_id: _Optional[str] = ..., repository_ids: _Optional[_Iterable[str]] = ..., accepts_batches: _Optional[bool] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("repository_id", "sequence")
@@ -135,14 +137,22 @@ class Failure(_message.Message):
     def __init__(self, repository_id: _Optional[str] = ..., sequence: _Optional[int] = ..., reason: _Optional[str] = ..., status_code: _Optional[int] = ...) -> None: ...
 
 class StreamResponse(_message.Message):
-    __slots__ = ("event", "heartbeat", "subscribed")
+    __slots__ = ("event", "heartbeat", "subscribed", "events")
     EVENT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     event: RelayedEvent
     heartbeat: Heartbeat
     subscribed: Subscribed
-    def __init__(self, event: _Optional[_Union[RelayedEvent, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., subscribed: _Optional[_Union[Subscribed, _Mapping]] = ...) -> None: ...
+    events: RelayedEvents
+    def __init__(self, event: _Optional[_Union[RelayedEvent, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., subscribed: _Optional[_Union[Subscribed, _Mapping]] = ..., events: _Optional[_Union[RelayedEvents, _Mapping]] = ...) -> None: ...
+
+class RelayedEvents(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[RelayedEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[RelayedEvent, _Mapping]]] = ...) -> None: ...
 
 class RelayedEvent(_message.Message):
     __slots__ = ("repository_id", "sequence", "webhook_event", "received_at_unix_nanos", "redelivery", "replay", "trace_context")

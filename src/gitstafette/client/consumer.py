@@ -297,7 +297,9 @@ class Consumer:
             call = stub.StreamWebhookEvents(stream.requests(), metadata=self._metadata)
             stream.send(
                 pb.StreamRequest(
-                    subscribe=pb.Subscribe(client_id=config.client_id, repository_ids=list(config.repositories))
+                    subscribe=pb.Subscribe(
+                        client_id=config.client_id, repository_ids=list(config.repositories), accepts_batches=True
+                    )
                 )
             )
             while True:
@@ -319,24 +321,10 @@ class Consumer:
     def _receive(self, stream: Stream, message: pb.StreamResponse, failures: int) -> None:
         kind = message.WhichOneof("kind")
         if kind == "event":
-            if self._closing.is_set():
-                return  # shutting down: left unacknowledged, the server sends it again next time
-            relayed = message.event
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug(
-                    "stream %d: received %s#%d (redelivery %d%s)",
-                    stream.id,
-                    relayed.repository_id,
-                    relayed.sequence,
-                    relayed.redelivery,
-                    ", replay" if relayed.replay else "",
-                )
-            received = self._received_counters.get(relayed.repository_id)
-            if received is None:
-                received = self.metrics.events_received.labels(relayed.repository_id)
-                self._received_counters[relayed.repository_id] = received
-            received.inc()
-            self.on_event(Received(stream, event_from_relayed(relayed), relayed.redelivery, relayed.replay))
+            self._receive_event(stream, message.event)
+        elif kind == "events":
+            for relayed in message.events.events:
+                self._receive_event(stream, relayed)
         elif kind == "subscribed":
             repositories = tuple(message.subscribed.repository_ids)
             first = not stream.subscribed
@@ -358,6 +346,25 @@ class Consumer:
                 logger.info("now serving repositories %s", ",".join(repositories) or "(none)")
             stream.repositories = repositories
         # a heartbeat only proves the stream is alive, which reading it already did
+
+    def _receive_event(self, stream: Stream, relayed: pb.RelayedEvent) -> None:
+        if self._closing.is_set():
+            return  # shutting down: left unacknowledged, the server sends it again next time
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "stream %d: received %s#%d (redelivery %d%s)",
+                stream.id,
+                relayed.repository_id,
+                relayed.sequence,
+                relayed.redelivery,
+                ", replay" if relayed.replay else "",
+            )
+        received = self._received_counters.get(relayed.repository_id)
+        if received is None:
+            received = self.metrics.events_received.labels(relayed.repository_id)
+            self._received_counters[relayed.repository_id] = received
+        received.inc()
+        self.on_event(Received(stream, event_from_relayed(relayed), relayed.redelivery, relayed.replay))
 
     def close(self) -> None:
         """Stop reconnecting; send what is queued and half-close the stream, so that :meth:`run` returns once

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
+from opentelemetry.trace import Span
 
 from gitstafette import __version__
 from gitstafette._proto import gitstafette_info_pb2 as info_pb
@@ -30,6 +31,12 @@ from gitstafette.telemetry import tracing
 __all__ = ["GitstafetteService", "InfoService"]
 
 logger = logging.getLogger("gitstafette.server.grpc")
+
+#: Most events, and most body bytes (beyond the first event), in one message of the acknowledged stream to
+#: a client that takes batches: events that are ready travel together, since each gRPC message costs both
+#: sides far more CPU than one more event in it; the cap keeps a batch well below the message size limit.
+BATCH_MAX_EVENTS = 64
+BATCH_MAX_BYTES = 1024 * 1024
 
 
 def _fit_one_message(events: list[WebhookEvent], max_body_bytes: int) -> list[WebhookEvent]:
@@ -314,7 +321,8 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
         unseen = [spec for spec, repository_id in resolved.items() if repository_id is None]
         with self.auth.session(grant, allowed) as session:
             session.on_revoke(connection.close)
-            async with contextlib.aclosing(self._serve_stream(request_iterator, connection, unseen)) as responses:
+            responses = self._serve_stream(request_iterator, connection, unseen, subscribe.accepts_batches)
+            async with contextlib.aclosing(responses):
                 async for response in responses:
                     yield response
             if session.ended is not None:
@@ -322,23 +330,32 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
                 await context.abort(*session.ended)
 
     async def _serve_stream(
-        self, request_iterator: AsyncIterator[pb.StreamRequest], connection: Connection, unseen: list[str]
+        self,
+        request_iterator: AsyncIterator[pb.StreamRequest],
+        connection: Connection,
+        unseen: list[str],
+        batches: bool,
     ) -> AsyncGenerator[pb.StreamResponse, None]:
         """One acknowledged stream, once subscribed: its events, assignments and heartbeats, while a task
-        reads its acknowledgements."""
+        reads its acknowledgements. With ``batches``, the events that are ready go in one message."""
         reader = asyncio.create_task(self._read_settlements(request_iterator, connection))
         resolver = asyncio.create_task(self._resolve_later(unseen, connection)) if unseen else None
         heartbeat_s = self.config.heartbeat_s
+        #: an item taken from the outbox while gathering a batch that does not fit in it: sent next
+        held: list[tuple[WebhookEvent, int, bool] | str | None] = []
         try:
             while True:
-                try:
-                    item = connection.outbox.get_nowait()
-                except asyncio.QueueEmpty:
+                if held:
+                    item = held.pop()
+                else:
                     try:
-                        item = await asyncio.wait_for(connection.outbox.get(), heartbeat_s)
-                    except TimeoutError:
-                        yield pb.StreamResponse(heartbeat=pb.Heartbeat(server_time_unix_nanos=time.time_ns()))
-                        continue
+                        item = connection.outbox.get_nowait()
+                    except asyncio.QueueEmpty:
+                        try:
+                            item = await asyncio.wait_for(connection.outbox.get(), heartbeat_s)
+                        except TimeoutError:
+                            yield pb.StreamResponse(heartbeat=pb.Heartbeat(server_time_unix_nanos=time.time_ns()))
+                            continue
                 if item is None:
                     break
                 if isinstance(item, str):
@@ -348,25 +365,13 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
                         )
                     )
                     continue
-                event, redelivery, replay = item
-                # Recorded as it is handed to gRPC: once yielded, its acknowledgement may come before we resume.
-                self.audit.record(connection.client_id, event.repository_id, event.sequence, "sent")
-                response = pb.StreamResponse(
-                    event=pb.RelayedEvent(
-                        repository_id=event.repository_id,
-                        sequence=event.sequence,
-                        webhook_event=event_to_pb(event),
-                        received_at_unix_nanos=event.received_at_ns,
-                        redelivery=redelivery,
-                        replay=replay,
-                    )
-                )
-                span = None
-                if tracing.tracer is not None:  # the stream span; its context travels in the message
-                    carrier = response.event.trace_context
-                    span = tracing.start_stream_span(tracing.tracer, event, connection.client_id, carrier)
-                yield response
-                if span is not None:
+                spans: list[Span] = []  # the stream spans of the events in this message (when tracing)
+                relayed = self._message_events(connection, item, batches, held, spans)
+                if len(relayed) == 1:
+                    yield pb.StreamResponse(event=relayed[0])
+                else:
+                    yield pb.StreamResponse(events=pb.RelayedEvents(events=relayed))
+                for span in spans:
                     span.end()
         finally:
             for task in (reader, resolver):
@@ -375,6 +380,49 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
             await self.dispatcher.disconnect(connection)
+
+    def _message_events(
+        self,
+        connection: Connection,
+        first: tuple[WebhookEvent, int, bool],
+        batches: bool,
+        held: list[tuple[WebhookEvent, int, bool] | str | None],
+        spans: list[Span],
+    ) -> list[pb.RelayedEvent]:
+        """The events of one message: ``first``, and with ``batches`` those queued behind it that fit. An item
+        taken from the outbox that does not fit goes to ``held``, to be sent next."""
+        relayed = [self._relayed(connection, *first, spans)]
+        size = len(first[0].body)
+        while batches and len(relayed) < BATCH_MAX_EVENTS:
+            try:
+                following = connection.outbox.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if not isinstance(following, tuple) or size + len(following[0].body) > BATCH_MAX_BYTES:
+                held.append(following)
+                break
+            relayed.append(self._relayed(connection, *following, spans))
+            size += len(following[0].body)
+        return relayed
+
+    def _relayed(
+        self, connection: Connection, event: WebhookEvent, redelivery: int, replay: bool, spans: list[Span]
+    ) -> pb.RelayedEvent:
+        """The message of one event going out; with tracing, its stream span (added to ``spans``, ended once
+        the message is handed to gRPC) whose context travels in the message."""
+        # Recorded as it is handed to gRPC: once yielded, its acknowledgement may come before we resume.
+        self.audit.record(connection.client_id, event.repository_id, event.sequence, "sent")
+        relayed = pb.RelayedEvent(
+            repository_id=event.repository_id,
+            sequence=event.sequence,
+            webhook_event=event_to_pb(event),
+            received_at_unix_nanos=event.received_at_ns,
+            redelivery=redelivery,
+            replay=replay,
+        )
+        if tracing.tracer is not None:
+            spans.append(tracing.start_stream_span(tracing.tracer, event, connection.client_id, relayed.trace_context))
+        return relayed
 
     async def _resolve_later(self, names: list[str], connection: Connection) -> None:
         """Add owner/name subscriptions to the connection as their first events arrive."""
