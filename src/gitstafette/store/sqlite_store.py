@@ -118,10 +118,7 @@ class _RecentEvents:
         self._max_bytes = max_bytes
 
     def add(self, event: WebhookEvent) -> None:
-        key = (event.repository_id, event.sequence)
-        if key in self._events:
-            return
-        self._events[key] = event
+        self._events[(event.repository_id, event.sequence)] = event
         self._bytes += len(event.body)
         while self._events and (len(self._events) > self._max_events or self._bytes > self._max_bytes):
             _, dropped = self._events.popitem(last=False)
@@ -397,10 +394,7 @@ class SQLiteStore(EventStore):
     async def append(self, event: WebhookEvent) -> AppendResult:
         result = await self._write(lambda c: self._append_in_writer(c, event))
         if result.created:
-            # _stream_early ran before this (the writer hands both over in that order); repeated for a loop
-            # other than the writer's callers' (harmless: both are idempotent).
-            self._recent.add(result.event)
-            self.streamable.advance(event.repository_id, result.event.sequence)
+            # Already held and streamable: _stream_early ran before this (the writer hands both over in order).
             self.notifier.advance(event.repository_id, result.event.sequence)
         return result
 
