@@ -15,6 +15,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 import redis
@@ -23,10 +24,12 @@ from redis.retry import Retry
 
 #: the Redis the tests use, without a database number
 REDIS_BASE_URL = os.environ.get("GITSTAFETTE_TEST_REDIS", "redis://127.0.0.1:6379").rstrip("/")
-#: database numbers of the tests (never 0): the shared store suite, the Redis-specific tests, real servers
+#: database numbers of the tests (never 0): the shared store suite, the Redis-specific tests, real servers,
+#: replicas serving one client id (leases and the drills)
 SUITE_DB = 11
 REDIS_TESTS_DB = 12
 SERVER_TESTS_DB = 13
+REPLICAS_TESTS_DB = 14
 
 
 def unique_prefix() -> str:
@@ -55,7 +58,7 @@ def require_redis(url: str = REDIS_BASE_URL) -> None:
 def delete_prefix(url: str) -> None:
     """Delete every key of the store ``url`` names (its database and ?prefix=)."""
     base, _, query = url.partition("?")
-    prefix = query.removeprefix("prefix=")
+    prefix = parse_qs(query).get("prefix", [""])[-1]
     assert prefix.startswith("gst-test-"), f"refusing to delete keys of {url}"
     with redis.Redis.from_url(base, socket_timeout=5) as client:
         keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))

@@ -198,6 +198,11 @@ def test_sqlite_url_may_trade_the_fsync_for_latency() -> None:
             "rediss://cache.example:6390/2?prefix=team-a",
         ),
         (
+            "redis://h/4?lease_ttl=2s&prefix=p",
+            RedisSettings("h", 6379, 4, prefix="p", lease_ttl_ms=2000),
+            "redis://h:6379/4?prefix=p&lease_ttl=2000ms",
+        ),
+        (
             "redis://:s3cr%40t@redis/3",
             RedisSettings("redis", 6379, 3, password=Secret("s3cr@t")),
             "redis://:**********@redis:6379/3",
@@ -226,7 +231,9 @@ def test_store_config_from_redis_url(url: str, expected: RedisSettings, text: st
         ("redis://h/0?prefix=", "prefix"),
         ("redis://h/0?prefix=a%20b", "prefix"),
         ("redis://h/0?prefix=a:b", "prefix"),
-        ("redis://h/0?db=1", "only option"),
+        ("redis://h/0?db=1", "only options"),
+        ("redis://h/0?lease_ttl=soon", "not a duration"),
+        ("redis://h/0?lease_ttl=100ms", "at least 300 ms"),
         ("redis+sentinel://:secret@h:26379/mymaster", "Sentinel is not supported yet"),
     ],
 )

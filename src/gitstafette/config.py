@@ -155,6 +155,9 @@ class RedisSettings:
 
     :param prefix: the first part of every key (``prefix:…``), so that several installations can share one
         Redis database; the replicas of one installation must use the same prefix.
+    :param lease_ttl_ms: ``?lease_ttl=5s``: how long the repositories a replica serves to a client id stay
+        its own without renewal, so how long they wait for another replica when it dies (shorter: faster
+        takeover, but a replica that stalls this long loses them).
 
     Sentinel and Cluster are not supported yet.
     """
@@ -166,6 +169,7 @@ class RedisSettings:
     password: Secret | None = None
     tls: bool = False
     prefix: str = constants.DEFAULT_REDIS_PREFIX
+    lease_ttl_ms: int = constants.DEFAULT_REDIS_LEASE_TTL_MS
 
     @classmethod
     def from_url(cls, url: str) -> RedisSettings:
@@ -182,10 +186,19 @@ class RedisSettings:
             raise ConfigError(f"store: {masked!r}: the path is the database number, e.g. redis://localhost:6379/0")
         options = parse_qs(parts.query, keep_blank_values=True)
         prefix = options.pop("prefix", [constants.DEFAULT_REDIS_PREFIX])[-1]
+        lease_ttl = options.pop("lease_ttl", [f"{constants.DEFAULT_REDIS_LEASE_TTL_MS}ms"])[-1]
         if options:
-            raise ConfigError(f"store: {masked!r}: the only option of a Redis store is ?prefix=NAME")
+            raise ConfigError(
+                f"store: {masked!r}: the only options of a Redis store are ?prefix=NAME and &lease_ttl=DURATION"
+            )
         if not _REDIS_PREFIX.match(prefix):
             raise ConfigError(f"store: {masked!r}: the prefix must be letters, digits, '_', '.' or '-'")
+        lease_ttl_ms = round(parse_duration(lease_ttl, f"store: {masked!r}: lease_ttl") * 1000)
+        if lease_ttl_ms < constants.MIN_REDIS_LEASE_TTL_MS:
+            raise ConfigError(
+                f"store: {masked!r}: lease_ttl must be at least {constants.MIN_REDIS_LEASE_TTL_MS} ms "
+                "(it is renewed every third of it)"
+            )
         return cls(
             host=parts.hostname or "localhost",
             port=port,
@@ -194,6 +207,7 @@ class RedisSettings:
             password=Secret.optional(unquote(parts.password)) if parts.password else None,
             tls=parts.scheme == "rediss",
             prefix=prefix,
+            lease_ttl_ms=lease_ttl_ms,
         )
 
     def __str__(self) -> str:
@@ -202,7 +216,12 @@ class RedisSettings:
         if self.username or self.password:
             credentials = quote(self.username or "", safe="") + (":**********" if self.password else "") + "@"
         host = f"[{self.host}]" if ":" in self.host else self.host
-        query = "" if self.prefix == constants.DEFAULT_REDIS_PREFIX else f"?prefix={self.prefix}"
+        options = {}
+        if self.prefix != constants.DEFAULT_REDIS_PREFIX:
+            options["prefix"] = self.prefix
+        if self.lease_ttl_ms != constants.DEFAULT_REDIS_LEASE_TTL_MS:
+            options["lease_ttl"] = f"{self.lease_ttl_ms}ms"
+        query = "?" + "&".join(f"{k}={v}" for k, v in options.items()) if options else ""
         return f"{'rediss' if self.tls else 'redis'}://{credentials}{host}:{self.port}/{self.database}{query}"
 
     def __repr__(self) -> str:

@@ -16,7 +16,9 @@ __all__ = [
     "DEFAULT_RETENTION_S",
     "DEFAULT_SHUTDOWN_GRACE_S",
     "DEFAULT_REDIS_PORT",
+    "DEFAULT_REDIS_LEASE_TTL_MS",
     "DEFAULT_REDIS_PREFIX",
+    "MIN_REDIS_LEASE_TTL_MS",
     "DEFAULT_SQLITE_PATH",
     "GRPC_MESSAGE_OVERHEAD_BYTES",
     "HEADER_DELIVERY",
@@ -34,6 +36,12 @@ __all__ = [
     "REDIS_DEAD_LETTERS_KEY",
     "REDIS_DELIVERIES_KEY",
     "REDIS_EVENTS_KEY",
+    "REDIS_INGEST_TIMEOUT_S",
+    "REDIS_LEASE_KEY",
+    "REDIS_LEASE_RELEASED_KEY",
+    "REDIS_LEASE_RELEASED_MAXLEN",
+    "REDIS_LEASE_RENEW_FRACTION",
+    "REDIS_LEASE_TOKENS_KEY",
     "REDIS_NOTICES_BLOCK_MS",
     "REDIS_NOTICES_KEY",
     "REDIS_NOTICES_MAXLEN",
@@ -124,6 +132,23 @@ REDIS_AUDIT_KEY = "repo:{repository_id}:audit"
 REDIS_DEAD_LETTERS_KEY = "dead_letters"
 #: ZSET: "<20-digit failed_at_ns> <dead letter as JSON>", all scored 0 so that they sort by time exactly
 REDIS_DEAD_LETTERS_BY_FAILED_AT_NS_KEY = "dead_letters:by_failed_at_ns"
+#: STRING "<fencing token> <holder>", with an expiry: who serves the repository to the client id (one
+#: connection on one replica at a time); set NX, renewed by its holder, deleted when it stops serving
+REDIS_LEASE_KEY = "repo:{repository_id}:lease:{client_id}"
+#: HASH: client id → the fencing token of the repository's latest lease (raised with each new holder)
+REDIS_LEASE_TOKENS_KEY = "repo:{repository_id}:lease_tokens"
+#: STREAM: (client_id, repository_id) of every lease given up, read with the notices: a replica standing
+#: by takes over at once instead of when the lease would have expired
+REDIS_LEASE_RELEASED_KEY = "lease_released"
+#: Entries kept in that stream (approximately); one that is missed only delays a takeover to the expiry.
+REDIS_LEASE_RELEASED_MAXLEN = 1_000
+#: A lease not renewed expires after this long (the store URL's ?lease_ttl=): how long the repositories of a
+#: replica that died (kill -9) wait before another replica serves them.
+DEFAULT_REDIS_LEASE_TTL_MS = 5_000
+MIN_REDIS_LEASE_TTL_MS = 300
+#: The holder renews its lease every this much of its time to live; it stops serving once 0.9 of it,
+#: counted from before the last renewal it sent, has passed without a renewal answered.
+REDIS_LEASE_RENEW_FRACTION = 0.3
 #: STREAM: (repository_id, sequence) of every append, read with a blocking XREAD by every replica
 REDIS_NOTICES_KEY = "appended"
 #: Entries kept in the notices stream (approximately); a replica that missed more re-reads the counters.
@@ -131,8 +156,13 @@ REDIS_NOTICES_MAXLEN = 10_000
 #: A blocking read of the notices returns after this long without news (then blocks again): it bounds
 #: how long a silently dead connection goes unnoticed. Events wake readers at once, not after this.
 REDIS_NOTICES_BLOCK_MS = 15_000
-#: Any command that does not block; also the margin above REDIS_NOTICES_BLOCK_MS for the blocking one.
+#: Reads and the other commands that do not block; also the margin above REDIS_NOTICES_BLOCK_MS for the
+#: blocking one.
 REDIS_SOCKET_TIMEOUT_S = 10.0
+#: Appending a webhook, checking health, and leases: what must fail fast when Redis hangs (a POST then
+#: gets 503 in about this long, rather than after REDIS_SOCKET_TIMEOUT_S and a retry). Appending 25 MB to a
+#: Redis on the same network takes a small fraction of it.
+REDIS_INGEST_TIMEOUT_S = 2.0
 REDIS_CONNECT_TIMEOUT_S = 2.0
 #: The notices reader reconnects with backoff up to this.
 REDIS_RECONNECT_MAX_S = 2.0

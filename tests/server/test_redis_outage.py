@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -98,9 +99,11 @@ async def next_legacy(queue: asyncio.Queue[gitstafette_pb2.WebhookEvent | BaseEx
     return item.event_id
 
 
-async def post(http: httpx.AsyncClient, server: ServerProcess, headers: dict[str, str], body: bytes) -> int:
+async def post(
+    http: httpx.AsyncClient, server: ServerProcess, headers: dict[str, str], body: bytes, timeout_s: float = 10
+) -> int:
     # The client's own timeout bounds the wait: a POST that hangs fails the test.
-    answer = await http.post(f"{server.url}/v1/github/", headers=headers, content=body, timeout=10)
+    answer = await http.post(f"{server.url}/v1/github/", headers=headers, content=body, timeout=timeout_s)
     return answer.status_code
 
 
@@ -223,3 +226,42 @@ async def test_every_webhook_that_got_201_survives_redis_being_killed(durable_re
                 await stream.ack(relayed)
         assert set(streamed[:-1]) == ids and len(streamed[:-1]) == len(ids)
         assert streamed[-1] == after[0]["X-GitHub-Delivery"]
+
+
+async def test_a_hanging_redis_is_503_within_the_ingest_timeout_and_201_once_it_answers_again(
+    durable_redis: RedisServer,
+) -> None:
+    store_url = f"{durable_redis.url}/0?prefix={unique_prefix()}"
+    before, hung, after = webhook(0), webhook(1), webhook(2)
+    assert durable_redis.process is not None
+    with running_server("--store", store_url, "--repositories", HELLO_WORLD_ID) as server:
+        async with httpx.AsyncClient() as http:
+            assert await post(http, server, *before) == 201
+            durable_redis.process.send_signal(signal.SIGSTOP)  # alive, connections accepted, nothing answered
+            try:
+                # Four times the ingest timeout; Redis's socket timeout for reads (10 s), let alone with a retry
+                # (20 s), would fail here.
+                hang_bound_s = 4 * constants.REDIS_INGEST_TIMEOUT_S
+                assert hang_bound_s < constants.REDIS_SOCKET_TIMEOUT_S
+                assert await post(http, server, *hung, timeout_s=hang_bound_s) == 503
+                assert (await http.get(f"{server.url}/readyz", timeout=10)).status_code == 503
+            finally:
+                durable_redis.process.send_signal(signal.SIGCONT)
+
+            async def stored() -> bool:
+                return await post(http, server, *after) == 201
+
+            await until(stored, "a POST is stored once Redis answers again")
+            # GitHub delivers the one that got 503 again: stored once, whether or not Redis ran the first try.
+            assert await post(http, server, *hung) in (201, 204)
+
+        async with AckStream(server.grpc_target, "after-hang", [HELLO_WORLD_ID]) as stream:
+            streamed = []
+            for _ in range(3):
+                relayed = await stream.next_event(timeout=DEADLINE_S)
+                assert relayed is not None
+                streamed.append(relayed.webhook_event.event_id)
+            assert await stream.next_event(timeout=1) is None
+        assert sorted(streamed) == sorted(headers["X-GitHub-Delivery"] for headers, _ in (before, hung, after))
+        assert streamed[0] == before[0]["X-GitHub-Delivery"]
+    assert "Traceback" not in server.log(), server.log()

@@ -13,10 +13,12 @@ import pytest
 
 from gitstafette._proto import gitstafette_pb2, gitstafette_pb2_grpc
 from tests.grpc_clients import AckStream
-from tests.redis_utils import SERVER_TESTS_DB, delete_prefix, redis_url, require_redis
-from tests.utils import FIXTURES, github_request, running_server
+from tests.redis_utils import REPLICAS_TESTS_DB, SERVER_TESTS_DB, delete_prefix, redis_url, require_redis
+from tests.utils import FIXTURES, ServerProcess, github_request, running_server
 
 HELLO_WORLD_ID = "186853002"
+#: every bounded wait of these tests; generous, as CI machines can be slow
+DEADLINE_S = 20.0
 
 
 @pytest.fixture
@@ -90,3 +92,67 @@ async def test_two_servers_on_one_redis_store_once_and_stream_each_others_events
         # The original contract on the second replica: both events, in order.
         events = await asyncio.wait_for(fetch_first(second.grpc_target, "legacy", 2), 10)
         assert [e.event_id for e in events] == [first_headers["X-GitHub-Delivery"], second_headers["X-GitHub-Delivery"]]
+
+
+@pytest.fixture
+def shared_url() -> Iterator[str]:
+    """A store URL for replicas serving one client id (their own database), leases of 2 s."""
+    url = redis_url(REPLICAS_TESTS_DB) + "&lease_ttl=2s"
+    require_redis(url)
+    delete_prefix(url)
+    yield url
+    delete_prefix(url)
+
+
+async def test_one_client_id_on_two_replicas_is_served_by_one_connection_the_other_takes_over_when_it_leaves(
+    shared_url: str,
+) -> None:
+    posted = [github_request(FIXTURES / f"push.{n % 2}.json") for n in range(5)]
+    with (
+        running_server("--store", shared_url, "--repositories", HELLO_WORLD_ID) as first,
+        running_server("--store", shared_url, "--repositories", HELLO_WORLD_ID) as second,
+    ):
+        async with httpx.AsyncClient(timeout=10) as http:
+
+            async def post(number: int, server: ServerProcess) -> None:
+                headers, body, _ = posted[number]
+                answer = await http.post(f"{server.url}/v1/github/", headers=headers, content=body)
+                assert answer.status_code == 201 and answer.json()["sequence"] == number + 1, answer.text
+
+            on_first = AckStream(first.grpc_target, "ci", [HELLO_WORLD_ID])
+            async with on_first:
+                await post(0, first)
+                relayed = await on_first.next_event()
+                assert relayed is not None and relayed.sequence == 1
+                assert on_first.assigned == [HELLO_WORLD_ID]
+
+                # A connection of the same client id on the other replica stands by: it gets nothing.
+                async with AckStream(second.grpc_target, "ci", [HELLO_WORLD_ID]) as on_second:
+                    await on_first.ack(relayed)
+                    for number, server in ((1, second), (2, first)):
+                        await post(number, server)
+                        relayed = await on_first.next_event()
+                        assert relayed is not None and relayed.sequence == number + 1
+                    await on_first.ack(relayed)  # #3 acknowledged, #2 not (acknowledged after #3: cursor stays 1)
+                    assert await on_second.next_event(timeout=1) is None
+                    assert on_second.assigned == []
+
+                    # The first leaves: the second takes over at once from the last acknowledged event.
+                    await on_first.close()
+                    await post(3, second)
+                    for sequence in (2, 3, 4):
+                        relayed = await on_second.next_event(timeout=DEADLINE_S)
+                        assert relayed is not None and relayed.sequence == sequence
+                        assert relayed.webhook_event.event_id == posted[sequence - 1][0]["X-GitHub-Delivery"]
+                        assert relayed.webhook_event.body == posted[sequence - 1][1]
+                        await on_second.ack(relayed)
+                    assert on_second.assigned == [HELLO_WORLD_ID]
+
+                    # Back on the first replica, a new connection of the client id stands by in turn.
+                    async with AckStream(first.grpc_target, "ci", [HELLO_WORLD_ID]) as again:
+                        await post(4, first)
+                        relayed = await on_second.next_event(timeout=DEADLINE_S)
+                        assert relayed is not None and relayed.sequence == 5
+                        assert await again.next_event(timeout=1) is None
+    assert "stands by for repository 186853002" in second.log(), second.log()
+    assert "Traceback" not in first.log() + second.log()

@@ -9,6 +9,11 @@ lane that ends, for whatever reason, leaves its unacknowledged events to be sent
 Lanes are balanced between the connections of a group: a connection holding two lanes more than
 another stops sending on one of them, and hands it over once all it sent there is acknowledged, so
 order is kept across the handover.
+
+Across server replicas sharing a store, a lane serves only while it holds the store's lease of its
+(client id, repository) (``EventStore.lease``; the in-process stores grant it at once): a lane whose lease
+another replica holds stands by, and takes over from the last acknowledged event once that one is released
+or has expired.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from gitstafette.exceptions import StoreError
 from gitstafette.model import DeadLetter, WebhookEvent
-from gitstafette.store import EventStore
+from gitstafette.store import EventStore, Lease
 
 __all__ = ["Connection", "Dispatcher"]
 
@@ -37,6 +43,7 @@ STORE_RETRY_MIN_S = 0.1
 STORE_RETRY_MAX_S = 2.0
 
 _connection_ids = itertools.count(1)
+_lane_ids = itertools.count(1)
 
 
 @dataclass
@@ -58,13 +65,83 @@ class Lane:
         #: replayed events sent and not yet settled (outside the sequence order, below the cursor)
         self.replaying: dict[int, _InFlight] = {}
         self.handing_off = False
+        #: waiting for the lease, which another connection (on another replica) holds
+        self.standby = False
+        #: holding the lease: events may be sent
+        self.holding = False
         self.room = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self._persisting: asyncio.Task[None] | None = None
         self._persist_again = False
 
     def start(self) -> None:
-        self.task = asyncio.create_task(self._run(), name=f"lane {self.group.client_id}/{self.repository_id}")
+        self.task = asyncio.create_task(self._hold(), name=f"lane {self.group.client_id}/{self.repository_id}")
+
+    async def _hold(self) -> None:
+        """Serve while holding the lease of (client id, repository); stand by while another holder has it."""
+        store = self.group.dispatcher.store
+        holder = f"connection {self.connection.id} lane {next(_lane_ids)}"
+        lease = store.lease(self.group.client_id, self.repository_id, holder)
+        while not store.notifier.closed:
+            tasks: list[asyncio.Task[Any]] = []
+            try:
+                await self._acquire(lease)
+                if lease.held_elsewhere:
+                    self._forget_sent()
+                self.holding = True
+                tasks = [
+                    asyncio.create_task(self._run(), name=f"serving {self.group.client_id}/{self.repository_id}"),
+                    asyncio.create_task(lease.lost.wait()),
+                ]
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self.holding = False
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                # Also when cancelled: the next holder need not wait for the lease to expire.
+                await asyncio.shield(lease.release())
+            if not lease.lost.is_set():
+                tasks[0].result()  # the store closed, or what broke the lane
+                return
+            logger.warning(
+                "client %s: connection %d lost the lease of repository %s and stops sending until it has it again",
+                self.group.client_id,
+                self.connection.id,
+                self.repository_id,
+            )
+
+    def _forget_sent(self) -> None:
+        """Another holder served the repository meanwhile: what this lane sent is not its own to settle any
+        more, and it goes on from the store's cursor."""
+        logger.info(
+            "client %s: connection %d takes repository %s back from another holder; its %d unacknowledged events "
+            "are sent again",
+            self.group.client_id,
+            self.connection.id,
+            self.repository_id,
+            len(self.inflight),
+        )
+        self.inflight.clear()
+        self.inflight_bytes = 0
+        self.replaying.clear()
+        self.release_if_handed_off()
+
+    async def _acquire(self, lease: Lease) -> None:
+        if await lease.acquire():
+            return
+        logger.info(
+            "client %s: connection %d stands by for repository %s, which another connection holds",
+            self.group.client_id,
+            self.connection.id,
+            self.repository_id,
+        )
+        self.standby = True
+        self.connection.announce()
+        while not await lease.acquire():
+            await lease.wait()
+        self.standby = False
+        self.connection.announce()
 
     async def _run(self) -> None:
         group, repository_id = self.group, self.repository_id
@@ -75,9 +152,10 @@ class Lane:
         while not store.notifier.closed:
             try:
                 if after is None:
-                    if repository_id not in group.cursors:
-                        group.cursors[repository_id] = await store.start_cursor(group.client_id, repository_id)
-                    start = group.cursors[repository_id]
+                    # The store's cursor may be ahead (another replica served the repository meanwhile),
+                    # this process's too (its last acknowledgement may still be on its way to the store).
+                    stored = await store.start_cursor(group.client_id, repository_id)
+                    start = group.cursors[repository_id] = max(group.cursors.get(repository_id, stored), stored)
                     logger.info(
                         "client %s: connection %d serves repository %s from sequence %d",
                         group.client_id,
@@ -86,7 +164,8 @@ class Lane:
                         start + 1,
                     )
                     await self.send_replays(await store.replays(group.client_id, repository_id))
-                    after = start
+                    # Still unacknowledged from before its lease was lost and taken back: go on after those.
+                    after = next(reversed(self.inflight), start)
                 room = window - len(self.inflight)
                 if self.handing_off or room <= 0 or (self.inflight and self.inflight_bytes >= window_bytes):
                     self.room.clear()
@@ -215,6 +294,10 @@ class Connection:
 
     def send(self, event: WebhookEvent, redelivery: int, replay: bool = False) -> None:
         self.outbox.put_nowait((event, redelivery, replay))
+
+    def serving(self) -> list[str]:
+        """The repositories this connection serves or is about to (not those it stands by for), sorted."""
+        return sorted(r for r, lane in self.lanes.items() if not lane.standby)
 
     def announce(self) -> None:
         self.outbox.put_nowait("assignment")
@@ -384,7 +467,7 @@ class Dispatcher:
         await self.store.add_replays(client_id, repository_id, sequences)
         group = self._groups.get(client_id)
         lane = group.holders.get(repository_id) if group else None
-        if lane is not None and lane.task is not None and not lane.task.done():
+        if lane is not None and lane.holding:
             await lane.send_replays(sequences)
 
     def close(self) -> None:

@@ -360,9 +360,7 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
                     break
                 if isinstance(item, str):
                     yield pb.StreamResponse(
-                        subscribed=pb.Subscribed(
-                            server_id=self.config.server_id, repository_ids=sorted(connection.lanes)
-                        )
+                        subscribed=pb.Subscribed(server_id=self.config.server_id, repository_ids=connection.serving())
                     )
                     continue
                 spans: list[Span] = []  # the stream spans of the events in this message (when tracing)

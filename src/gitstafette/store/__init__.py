@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from gitstafette.config import StoreConfig
-from gitstafette.store.base import AppendResult, EventStore
+from gitstafette.store.base import AppendResult, EventStore, Lease
 from gitstafette.store.memory import MemoryStore
 from gitstafette.store.sqlite_store import SQLiteStore
 
-__all__ = ["AppendResult", "EventStore", "MemoryStore", "SQLiteStore", "create_store"]
+__all__ = ["AppendResult", "EventStore", "Lease", "MemoryStore", "SQLiteStore", "create_store"]
 
 
 def create_store(config: StoreConfig) -> EventStore:

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 from gitstafette.model import AuditRecord, DeadLetter, RepositoryState, WebhookEvent
 
-__all__ = ["AppendResult", "EventStore", "SequenceNotifier"]
+__all__ = ["AppendResult", "EventStore", "Lease", "SequenceNotifier"]
 
 
 class AppendResult(NamedTuple):
@@ -78,6 +78,40 @@ class SequenceNotifier:
         except TimeoutError:
             return False
         return True
+
+
+class Lease:
+    """The right to serve one (client id, repository) on one connection: one holder at a time.
+
+    The dispatcher keeps one lane per (client id, repository) within a process. A store that several server
+    processes share extends that rule across them (:meth:`EventStore.lease` of the Redis store); this base
+    class is the in-process case: granted at once, never lost.
+    """
+
+    def __init__(self, client_id: str, repository_id: str, holder: str) -> None:
+        self.client_id = client_id
+        self.repository_id = repository_id
+        #: who asks, for the logs (and, across processes, to tell holders apart)
+        self.holder = holder
+        #: set when a held lease is lost (it expired while the store was away, another holder took it):
+        #: the holder must stop sending at once
+        self.lost = asyncio.Event()
+        #: set by :meth:`acquire` when another holder had the lease since this one last held it: what this
+        #: one sent then is the other's business, and it goes on from the stored cursor
+        self.held_elsewhere = False
+
+    async def acquire(self) -> bool:
+        """Take the lease if it is free (or already this holder's); False while another holder has it."""
+        return True
+
+    async def wait(self) -> None:
+        """Wait until :meth:`acquire` may succeed: the holder released the lease, or it may have expired."""
+
+    async def release(self) -> None:
+        """Give the lease up, so that a waiting holder (on any replica) takes it at once."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.client_id!r}, {self.repository_id!r}, holder={self.holder!r})"
 
 
 class EventStore(ABC):
@@ -192,6 +226,10 @@ class EventStore(ABC):
             return cursor
         state = await self.repository(repository_id)
         return state.first_sequence - 1 if state and state.event_count else self.notifier.latest(repository_id)
+
+    def lease(self, client_id: str, repository_id: str, holder: str) -> Lease:
+        """The lease a lane holds while it serves ``repository_id`` to ``client_id`` (see :class:`Lease`)."""
+        return Lease(client_id, repository_id, holder)
 
     async def wait_for_events(self, repository_id: str, after_sequence: int, timeout: float | None) -> bool:
         """Wait until the repository has an event after ``after_sequence``; False on timeout."""

@@ -12,6 +12,13 @@ in-process :class:`SequenceNotifier`. A reader on replica A so wakes within a mi
 replica B, with no polling timer; unlike pub/sub, a reader whose connection drops loses nothing: it
 re-reads the counters and goes on from the notices stream's end (see ``_follow_notices``).
 
+Serving across replicas: while a connection serves a repository to a client id, its replica holds a lease
+in Redis (``SET NX PX`` in a script, renewed every third of its ``?lease_ttl=``, given up when the
+connection stops serving it); another replica's connection of that client id stands by, and takes over from
+the last acknowledged event when the lease is given up (at once: a notice on the ``lease_released`` stream,
+read with the append notices) or has expired (the holder died). Each new holder gets a higher fencing token.
+A holder that cannot renew its lease stops sending before the lease can have expired in Redis.
+
 Durability is Redis's own: with ``appendonly yes`` and ``appendfsync always`` an acknowledged append
 survives a crash of Redis; with ``everysec`` up to a second may be lost. Redis errors are raised as
 ``StoreUnavailable`` (cannot reach it; try again) or ``StoreError``.
@@ -24,6 +31,9 @@ import contextlib
 import json
 import logging
 import math
+import os
+import socket
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import astuple
 from typing import Any, cast
@@ -39,7 +49,7 @@ from gitstafette import constants
 from gitstafette.config import RedisSettings
 from gitstafette.exceptions import StoreError, StoreUnavailable
 from gitstafette.model import AuditRecord, DeadLetter, RepositoryState, WebhookEvent
-from gitstafette.store.base import AppendResult, EventStore
+from gitstafette.store.base import AppendResult, EventStore, Lease
 
 __all__ = ["RedisStore"]
 
@@ -135,6 +145,41 @@ return #deliveries
 """
 
 
+# KEYS: lease, lease tokens; ARGV: client id, holder, ttl ms
+# A holder asking again keeps its lease and token; a free lease goes to the asker with the next token.
+# Answers {1, token, value} when granted, else {0, milliseconds until it expires, value}.
+_ACQUIRE_LEASE = """
+local current = redis.call('GET', KEYS[1])
+if current then
+    local token, holder = string.match(current, '^(%d+) (.*)$')
+    if holder ~= ARGV[2] then return {0, redis.call('PTTL', KEYS[1]), current} end
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+    return {1, tonumber(token), current}
+end
+local token = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+local value = token .. ' ' .. ARGV[2]
+redis.call('SET', KEYS[1], value, 'PX', ARGV[3])
+return {1, token, value}
+"""
+
+# KEYS: lease; ARGV: value (token and holder), ttl ms
+_RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS: lease, released notices; ARGV: holder, client id, repository id, notices maxlen
+# By holder, not value: a holder that does not know whether its last acquire went through can still give up.
+_RELEASE_LEASE = """
+local current = redis.call('GET', KEYS[1])
+if not current or string.match(current, '^%d+ (.*)$') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'client_id', ARGV[2], 'repository_id', ARGV[3])
+return 1
+"""
+
+
 class _Keys:
     """The installation's key names: ``constants.REDIS_*_KEY`` after ``<prefix>:``."""
 
@@ -144,6 +189,7 @@ class _Keys:
         self.dead_letters = self._key(constants.REDIS_DEAD_LETTERS_KEY)
         self.dead_letters_by_time = self._key(constants.REDIS_DEAD_LETTERS_BY_FAILED_AT_NS_KEY)
         self.notices = self._key(constants.REDIS_NOTICES_KEY)
+        self.lease_released = self._key(constants.REDIS_LEASE_RELEASED_KEY)
 
     def _key(self, template: str, **names: str) -> str:
         return f"{self.prefix}:{template.format(**names)}"
@@ -168,6 +214,12 @@ class _Keys:
 
     def audit(self, repository_id: str) -> str:
         return self._key(constants.REDIS_AUDIT_KEY, repository_id=repository_id)
+
+    def lease(self, repository_id: str, client_id: str) -> str:
+        return self._key(constants.REDIS_LEASE_KEY, repository_id=repository_id, client_id=client_id)
+
+    def lease_tokens(self, repository_id: str) -> str:
+        return self._key(constants.REDIS_LEASE_TOKENS_KEY, repository_id=repository_id)
 
 
 def _text(value: bytes | str | None) -> str:
@@ -207,14 +259,20 @@ class RedisStore(EventStore):
         self.settings = settings
         self.url = str(settings)  # the password masked
         self.keys = _Keys(settings.prefix)
+        #: names this store instance (this replica) as a lease holder, also for whoever reads the lease in Redis
+        self.instance = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:6]}"
         self._redis: aioredis.Redis | None = None
+        #: for what must fail fast when Redis hangs: appends (a POST waits for them), pings, leases
+        self._quick: aioredis.Redis | None = None
         self._listener: aioredis.Redis | None = None
+        #: (client id, repository id) → woken when another holder gives that lease up
+        self._lease_waiters: dict[tuple[str, str], asyncio.Event] = {}
         self._following: asyncio.Task[None] | None = None
         self._closing = False
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
-    def _client(self, socket_timeout_s: float, retries: int) -> aioredis.Redis:
+    def _client(self, socket_timeout_s: float, retries: int, retry_timeouts: bool = True) -> aioredis.Redis:
         settings = self.settings
         return aioredis.Redis(
             host=settings.host,
@@ -227,7 +285,14 @@ class RedisStore(EventStore):
             socket_connect_timeout=constants.REDIS_CONNECT_TIMEOUT_S,
             # One quick retry: a pooled connection that went stale while Redis restarted is replaced at once.
             # Appending is idempotent (the delivery id), so a retried append cannot store an event twice.
-            retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries) if retries else Retry(NoBackoff(), 0),
+            # A timeout is not retried where it would only double the wait for a Redis that hangs.
+            retry=Retry(
+                ExponentialBackoff(cap=0.05, base=0.01),
+                retries,
+                (RedisConnectionError, RedisTimeoutError) if retry_timeouts else (RedisConnectionError,),
+            )
+            if retries
+            else Retry(NoBackoff(), 0),
             health_check_interval=30,
             decode_responses=False,  # bodies are bytes
         )
@@ -235,6 +300,7 @@ class RedisStore(EventStore):
     async def open(self) -> None:
         self._closing = False
         self._redis = self._client(constants.REDIS_SOCKET_TIMEOUT_S, retries=1)
+        self._quick = self._client(constants.REDIS_INGEST_TIMEOUT_S, retries=1, retry_timeouts=False)
         # The blocking read of the notices needs a connection of its own, and a socket timeout beyond the block.
         # No retries: its errors must reach _follow_notices, which then re-reads what it may have missed.
         self._listener = self._client(
@@ -246,6 +312,9 @@ class RedisStore(EventStore):
         self._settle_replay_script = self._redis.register_script(_SETTLE_REPLAY)
         self._add_audit_script = self._redis.register_script(_ADD_AUDIT)
         self._prune_script = self._redis.register_script(_PRUNE)
+        self._acquire_lease_script = self._redis.register_script(_ACQUIRE_LEASE)
+        self._renew_lease_script = self._redis.register_script(_RENEW_LEASE)
+        self._release_lease_script = self._redis.register_script(_RELEASE_LEASE)
         try:
             with self._mapped("opening the store"):
                 last_notice = await self._catch_up(self._redis)
@@ -291,7 +360,8 @@ class RedisStore(EventStore):
                 await following
         await self._close_client(self._listener)
         await self._close_client(self._redis)
-        self._listener = self._redis = None
+        await self._close_client(self._quick)
+        self._listener = self._redis = self._quick = None
 
     @staticmethod
     async def _close_client(client: aioredis.Redis | None) -> None:
@@ -301,7 +371,7 @@ class RedisStore(EventStore):
 
     async def ping(self) -> None:
         with self._mapped("checking that it answers"):
-            await self._client_or_raise().ping()
+            await self._client_or_raise(quick=True).ping()
 
     @contextlib.contextmanager
     def _mapped(self, action: str) -> Iterator[None]:
@@ -315,21 +385,24 @@ class RedisStore(EventStore):
         except RedisError as exc:
             raise StoreError(f"Redis {self.url} failed ({action}): {exc}") from exc
 
-    def _client_or_raise(self) -> aioredis.Redis:
-        if self._redis is None:
+    def _client_or_raise(self, quick: bool = False) -> aioredis.Redis:
+        client = self._quick if quick else self._redis
+        if client is None:
             raise StoreUnavailable(f"Redis store {self.url} is not open")
-        return self._redis
+        return client
 
     # ---- wake-up across replicas -----------------------------------------------------------------
 
-    async def _catch_up(self, client: aioredis.Redis) -> bytes:
-        """Advance the notifier to every repository's counter; returns the notices to follow from.
+    async def _catch_up(self, client: aioredis.Redis) -> dict[str, bytes]:
+        """Advance the notifier to every repository's counter; returns the notice streams to follow, from where.
 
         The notices' end is read first: whatever is appended after it is read from the notices, whatever
-        before it is covered by the counters read next.
+        before it is covered by the counters read next. (A lease released meanwhile is found when it expires.)
         """
-        last = await client.xrevrange(self.keys.notices, count=1)
-        last_id: bytes = last[0][0] if last and isinstance(last[0][0], bytes) else b"0-0"
+        streams = {}
+        for key in (self.keys.notices, self.keys.lease_released):
+            last = await client.xrevrange(key, count=1)
+            streams[key] = last[0][0] if last and isinstance(last[0][0], bytes) else b"0-0"
         repository_ids = sorted(_text(r) for r in await client.smembers(self.keys.repositories))
         async with client.pipeline(transaction=False) as pipe:
             for repository_id in repository_ids:
@@ -338,35 +411,59 @@ class RedisStore(EventStore):
         for repository_id, counter in zip(repository_ids, counters, strict=True):
             if counter is not None:
                 self.notifier.advance(repository_id, int(counter))
-        return last_id
+        return streams
 
-    async def _follow_notices(self, last_id: bytes | None) -> None:
-        """Wake this process's readers for appends made by any replica (this one included)."""
+    async def _follow_notices(self, streams: dict[str, bytes] | None) -> None:
+        """Wake this process's readers for appends made by any replica (this one included), and its lanes
+        standing by for leases that any replica gave up."""
         assert self._listener is not None
         listener, delay_s, failing = self._listener, 0.01, False
+        notices = self.keys.notices.encode()
         while not self._closing:
             try:
-                if last_id is None:
-                    last_id = await self._catch_up(listener)
+                if streams is None:
+                    streams = await self._catch_up(listener)
                     if failing:
                         logger.info("Redis %s reachable again: following appends of every replica", self.url)
                     failing, delay_s = False, 0.01
                 # RESP2: [[stream, [(entry id, {field: value}), …]]], or None when the block ran out.
                 answer: Any = await listener.xread(
-                    {self.keys.notices: last_id}, count=1000, block=constants.REDIS_NOTICES_BLOCK_MS
+                    cast(Any, streams), count=1000, block=constants.REDIS_NOTICES_BLOCK_MS
                 )
-                for _stream, entries in answer or []:
+                for stream, entries in answer or []:
                     for entry_id, fields in entries:
-                        last_id = entry_id
-                        self.notifier.advance(_text(fields[b"repository_id"]), int(fields[b"sequence"]))
+                        streams[_text(stream)] = entry_id
+                        if stream == notices:
+                            self.notifier.advance(_text(fields[b"repository_id"]), int(fields[b"sequence"]))
+                        else:
+                            self._lease_released(_text(fields[b"client_id"]), _text(fields[b"repository_id"]))
             except (RedisError, OSError) as exc:
                 if self._closing:
                     return
                 if not failing:
                     logger.warning("Redis %s: lost the notices of appends (%s); reconnecting", self.url, exc)
-                failing, last_id = True, None
+                failing, streams = True, None
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, constants.REDIS_RECONNECT_MAX_S)
+
+    # ---- leases ----------------------------------------------------------------------------------
+
+    def lease(self, client_id: str, repository_id: str, holder: str) -> Lease:
+        return _RedisLease(self, client_id, repository_id, f"{self.instance} {holder}")
+
+    def _lease_released(self, client_id: str, repository_id: str) -> None:
+        waiters = self._lease_waiters.pop((client_id, repository_id), None)
+        if waiters is not None:
+            waiters.set()
+
+    async def _lease_given_up(self, client_id: str, repository_id: str) -> None:
+        """Wait until the lease of (client id, repository) is given up by its holder (or ``Lease.wait``'s
+        caller times out, at its expiry)."""
+        key = (client_id, repository_id)
+        waiters = self._lease_waiters.get(key)
+        if waiters is None:
+            waiters = self._lease_waiters[key] = asyncio.Event()
+        await waiters.wait()
 
     # ---- events ----------------------------------------------------------------------------------
 
@@ -393,7 +490,7 @@ class RedisStore(EventStore):
                     event.body,
                     constants.REDIS_NOTICES_MAXLEN,
                 ],
-                client=self._client_or_raise(),
+                client=self._client_or_raise(quick=True),
             )
         stored = event.with_sequence(int(sequence))
         if created:
@@ -588,3 +685,172 @@ class RedisStore(EventStore):
                     if count < constants.REDIS_PRUNE_BATCH:
                         break
         return pruned
+
+
+#: A holder counts its lease as its own for this much of the time to live after sending a renewal; the
+#: rest is the margin for clocks and latency, so it stops serving before Redis can give the lease away.
+_LEASE_VALID_FRACTION = 0.9
+
+
+class _RedisLease(Lease):
+    """A lease in Redis (see the module's docstring): taken with a fencing token, renewed by a task of its own
+    while held, lost (``lost`` set) when it cannot be renewed before it would expire."""
+
+    def __init__(self, store: RedisStore, client_id: str, repository_id: str, holder: str) -> None:
+        super().__init__(client_id, repository_id, holder)
+        self._store = store
+        self._key = store.keys.lease(repository_id, client_id)
+        self._ttl_ms = store.settings.lease_ttl_ms
+        #: "<token> <holder>" while held
+        self._value: bytes | None = None
+        #: the fencing token this holder last held
+        self._token: int | None = None
+        #: True from asking until told no: a cancelled ask may have been granted
+        self._maybe_held = False
+        self._renewing: asyncio.Task[None] | None = None
+        #: how long wait() waits at most: until the lease expires, or a backoff while Redis is away
+        self._wait_s = 0.0
+        self._failing = False
+
+    async def acquire(self) -> bool:
+        store = self._store
+        started = asyncio.get_running_loop().time()
+        self._maybe_held = True
+        try:
+            with store._mapped("taking a lease"):
+                granted, detail, value = await store._acquire_lease_script(
+                    keys=[self._key, store.keys.lease_tokens(self.repository_id)],
+                    args=[self.client_id, self.holder, self._ttl_ms],
+                    client=store._client_or_raise(quick=True),
+                )
+        except StoreError as exc:
+            if not self._failing:
+                logger.warning(
+                    "client %s: cannot take the lease of repository %s (%s); retrying",
+                    self.client_id,
+                    self.repository_id,
+                    exc,
+                )
+            self._failing = True
+            self._wait_s = min(max(self._wait_s * 2, 0.1), constants.REDIS_RECONNECT_MAX_S)
+            return False
+        self._failing = False
+        if not granted:
+            self._maybe_held = False
+            expires_ms = int(detail)
+            self._wait_s = (expires_ms if expires_ms >= 0 else self._ttl_ms) / 1000 + 0.005
+            logger.debug("lease %s is held by %s for %d ms more", self._key, _text(value), expires_ms)
+            return False
+        token = int(detail)
+        if self._value is None:
+            logger.info(
+                "client %s: repository %s served by %s (lease fencing token %d)",
+                self.client_id,
+                self.repository_id,
+                self.holder,
+                token,
+            )
+        # Tokens rise by one per new holder: this holder's own last one, or the next, means nobody else held it.
+        self.held_elsewhere = self._token is not None and token > self._token + 1
+        self._token = token
+        self._value = value
+        self.lost.clear()
+        if self._renewing is None or self._renewing.done():
+            valid_until = started + self._ttl_ms / 1000 * _LEASE_VALID_FRACTION
+            self._renewing = asyncio.create_task(self._renew(valid_until), name=f"renew {self._key}")
+        return True
+
+    async def wait(self) -> None:
+        if self._failing:
+            await asyncio.sleep(self._wait_s)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._store._lease_given_up(self.client_id, self.repository_id), self._wait_s)
+
+    async def _renew(self, valid_until: float) -> None:
+        """Keep the lease; when that fails until it may have expired (or another holder has it), it is lost.
+
+        ``valid_until`` is on the loop's clock, and counted from before the last renewal was sent, with a
+        margin: past it, Redis may have let the lease expire and another replica may serve the repository.
+        """
+        store, loop, value = self._store, asyncio.get_running_loop(), self._value
+        assert value is not None
+        ttl_s = self._ttl_ms / 1000
+        every_s = ttl_s * constants.REDIS_LEASE_RENEW_FRACTION
+        delay_s, failing = every_s, False
+        while True:
+            await asyncio.sleep(max(0.0, min(delay_s, valid_until - loop.time())))
+            sent = loop.time()
+            try:
+                renewed = await asyncio.wait_for(
+                    store._renew_lease_script(
+                        keys=[self._key],
+                        args=[value, self._ttl_ms],
+                        client=store._client_or_raise(quick=True),
+                    ),
+                    max(0.0, valid_until - sent),
+                )
+            except (RedisError, OSError, TimeoutError, StoreUnavailable) as exc:
+                if loop.time() >= valid_until:
+                    logger.error(
+                        "client %s: lease of repository %s not renewed in time (%s): stop serving it here",
+                        self.client_id,
+                        self.repository_id,
+                        exc or "timed out",
+                    )
+                    break
+                if not failing:
+                    logger.warning(
+                        "client %s: cannot renew the lease of repository %s (%s); retrying",
+                        self.client_id,
+                        self.repository_id,
+                        exc,
+                    )
+                delay_s, failing = every_s / 4, True
+                continue
+            if not renewed:
+                logger.error(
+                    "client %s: the lease of repository %s expired and was taken by another holder: stop serving "
+                    "it here",
+                    self.client_id,
+                    self.repository_id,
+                )
+                break
+            valid_until = sent + ttl_s * _LEASE_VALID_FRACTION
+            delay_s, failing = every_s, False
+        self._value = None
+        self.lost.set()
+
+    async def release(self) -> None:
+        renewing, self._renewing = self._renewing, None
+        if renewing is not None:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+        held, self._value = self._value is not None, None
+        if not self._maybe_held:
+            return
+        self._maybe_held = False
+        store = self._store
+        try:
+            with store._mapped("giving a lease up"):
+                released = await store._release_lease_script(
+                    keys=[self._key, store.keys.lease_released],
+                    args=[self.holder, self.client_id, self.repository_id, constants.REDIS_LEASE_RELEASED_MAXLEN],
+                    client=store._client_or_raise(quick=True),
+                )
+        except StoreError as exc:
+            if held:
+                logger.warning(
+                    "client %s: cannot give the lease of repository %s up (%s); it expires within %d ms",
+                    self.client_id,
+                    self.repository_id,
+                    exc,
+                    self._ttl_ms,
+                )
+            return
+        if released:
+            store._lease_released(self.client_id, self.repository_id)
+            logger.info(
+                "client %s: repository %s no longer served by %s", self.client_id, self.repository_id, self.holder
+            )
