@@ -28,6 +28,8 @@ __all__ = [
     "HEADER_TARGET_ID",
     "HEADER_TARGET_TYPE",
     "METADATA_AUTHORIZATION",
+    "REDIS_APPEND_BATCH",
+    "REDIS_APPEND_BATCH_BYTES",
     "REDIS_AUDIT_KEY",
     "SERVER_SERVICE_NAME",
     "REDIS_CONNECT_TIMEOUT_S",
@@ -166,5 +168,9 @@ REDIS_INGEST_TIMEOUT_S = 2.0
 REDIS_CONNECT_TIMEOUT_S = 2.0
 #: The notices reader reconnects with backoff up to this.
 REDIS_RECONNECT_MAX_S = 2.0
+#: Appends that arrive while others are on their way to Redis go out together as one pipeline, of at most
+#: this many, and this many body bytes (more when one webhook alone is larger).
+REDIS_APPEND_BATCH = 256
+REDIS_APPEND_BATCH_BYTES = 4 * 1024 * 1024
 #: Events pruned by one script call at most (a Lua script blocks Redis while it runs).
 REDIS_PRUNE_BATCH = 10_000
