@@ -14,6 +14,8 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -64,6 +66,19 @@ def delete_prefix(url: str) -> None:
         keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
         for i in range(0, len(keys), 1000):
             client.unlink(*keys[i : i + 1000])
+
+
+@contextmanager
+def redis_store_url(database: int, options: str = "") -> Iterator[str]:
+    """A store URL on the machine's Redis, in ``database``, with a key prefix of its own and ``options``
+    (``"&lease_ttl=2s"``); fails or skips the test when Redis is missing; its keys are deleted before and after."""
+    url = redis_url(database) + options
+    require_redis(url)
+    delete_prefix(url)
+    try:
+        yield url
+    finally:
+        delete_prefix(url)
 
 
 def free_port() -> int:

@@ -24,7 +24,7 @@ from tests.client.utils import (
     wait_until,
 )
 from tests.grpc_clients import AckStream
-from tests.redis_utils import REPLICAS_TESTS_DB, SERVER_TESTS_DB, delete_prefix, redis_url, require_redis
+from tests.redis_utils import REPLICAS_TESTS_DB, SERVER_TESTS_DB, redis_store_url
 from tests.utils import FIXTURES, ServerProcess, github_request, running_server
 
 HELLO_WORLD_ID = "186853002"
@@ -35,11 +35,8 @@ DEADLINE_S = 20.0
 
 @pytest.fixture
 def store_url() -> Iterator[str]:
-    url = redis_url(SERVER_TESTS_DB)
-    require_redis(url)
-    delete_prefix(url)
-    yield url
-    delete_prefix(url)
+    with redis_store_url(SERVER_TESTS_DB) as url:
+        yield url
 
 
 async def fetch_first(target: str, client_id: str, count: int) -> list[gitstafette_pb2.WebhookEvent]:
@@ -109,11 +106,8 @@ async def test_two_servers_on_one_redis_store_once_and_stream_each_others_events
 @pytest.fixture
 def shared_url() -> Iterator[str]:
     """A store URL for replicas serving one client id (their own database), leases of 2 s."""
-    url = redis_url(REPLICAS_TESTS_DB) + "&lease_ttl=2s"
-    require_redis(url)
-    delete_prefix(url)
-    yield url
-    delete_prefix(url)
+    with redis_store_url(REPLICAS_TESTS_DB, "&lease_ttl=2s") as url:
+        yield url
 
 
 async def test_one_client_id_on_two_replicas_is_served_by_one_connection_the_other_takes_over_when_it_leaves(

@@ -11,18 +11,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.redis_utils import REPLICAS_TESTS_DB, RedisServer, delete_prefix, redis_url, require_redis, unique_prefix
+from tests.redis_utils import REPLICAS_TESTS_DB, RedisServer, redis_store_url, unique_prefix
 from tests.store.test_redis_store import new_store
 from tests.store.test_store_suite import REPO_A, event
 
 
 @pytest.fixture
 def url() -> Iterator[str]:
-    url = redis_url(REPLICAS_TESTS_DB)
-    require_redis(url)
-    delete_prefix(url)
-    yield url
-    delete_prefix(url)
+    with redis_store_url(REPLICAS_TESTS_DB) as url:
+        yield url
 
 
 async def test_appends_made_together_each_get_their_answer_in_order(url: str) -> None:

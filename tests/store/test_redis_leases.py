@@ -14,30 +14,24 @@ import redis
 
 from gitstafette import constants
 from gitstafette.store import EventStore, Lease, MemoryStore
-from tests.redis_utils import REPLICAS_TESTS_DB, delete_prefix, redis_url, require_redis
+from tests.redis_utils import REPLICAS_TESTS_DB, redis_store_url
 from tests.store.test_redis_store import new_store
 
 CLIENT = "jenkins"
 REPO = "186853002"
 
 
-def lease_url(ttl: str) -> Iterator[str]:
-    url = redis_url(REPLICAS_TESTS_DB) + f"&lease_ttl={ttl}"
-    require_redis(url)
-    delete_prefix(url)
-    yield url
-    delete_prefix(url)
-
-
 @pytest.fixture
 def url() -> Iterator[str]:
     """A lease that would outlive any test: only a release ends it."""
-    yield from lease_url("10m")
+    with redis_store_url(REPLICAS_TESTS_DB, "&lease_ttl=10m") as url:
+        yield url
 
 
 @pytest.fixture
 def short_url() -> Iterator[str]:
-    yield from lease_url("1s")
+    with redis_store_url(REPLICAS_TESTS_DB, "&lease_ttl=1s") as url:
+        yield url
 
 
 @pytest.fixture

@@ -15,7 +15,14 @@ from gitstafette.config import StoreConfig
 from gitstafette.exceptions import StoreError, StoreUnavailable
 from gitstafette.store import EventStore, create_store
 from gitstafette.store.redis_streams import RedisStore
-from tests.redis_utils import REDIS_TESTS_DB, RedisServer, delete_prefix, free_port, redis_url, require_redis
+from tests.redis_utils import (
+    REDIS_TESTS_DB,
+    RedisServer,
+    delete_prefix,
+    free_port,
+    redis_store_url,
+    redis_url,
+)
 from tests.store.test_store_suite import NOW_NS, REPO_A, REPO_B, S_NS, event, sequences
 
 
@@ -26,11 +33,8 @@ def new_store(url: str) -> EventStore:
 @pytest.fixture
 def url() -> Iterator[str]:
     """A store URL on the machine's Redis with a key prefix of this test's own."""
-    url = redis_url(REDIS_TESTS_DB)
-    require_redis(url)
-    delete_prefix(url)
-    yield url
-    delete_prefix(url)
+    with redis_store_url(REDIS_TESTS_DB) as url:
+        yield url
 
 
 @pytest.fixture
