@@ -51,6 +51,7 @@ __all__ = [
     "REDIS_RECEIVED_AT_NS_KEY",
     "REDIS_RECONNECT_MAX_S",
     "REDIS_REPLAYS_KEY",
+    "REDIS_REPLAYS_REQUESTED_KEY",
     "REDIS_REPOSITORIES_KEY",
     "REDIS_REPOSITORY_KEY",
     "REDIS_SOCKET_TIMEOUT_S",
@@ -144,6 +145,9 @@ REDIS_LEASE_TOKENS_KEY = "repo:{repository_id}:lease_tokens"
 REDIS_LEASE_RELEASED_KEY = "lease_released"
 #: Entries kept in that stream (approximately); one that is missed only delays a takeover to the expiry.
 REDIS_LEASE_RELEASED_MAXLEN = 1_000
+#: STREAM: (client_id, repository_id, origin) of every replay asked for, read with the notices: the replica
+#: serving that repository to that client id sends the replays at once; kept as long as REDIS_LEASE_RELEASED_MAXLEN
+REDIS_REPLAYS_REQUESTED_KEY = "replays_requested"
 #: A lease not renewed expires after this long (the store URL's ?lease_ttl=): how long the repositories of a
 #: replica that died (kill -9) wait before another replica serves them.
 DEFAULT_REDIS_LEASE_TTL_MS = 5_000

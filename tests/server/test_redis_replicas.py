@@ -241,3 +241,41 @@ def test_drill_kill_9_of_the_replica_a_client_streams_from_it_goes_on_with_the_o
     # At least once: what was unacknowledged at the kill may come twice, not more.
     assert all(count == 2 for count in duplicates(delivered).values()), duplicates(delivered)
     assert "Traceback" not in second.log()
+
+
+async def test_a_replay_asked_of_one_replica_is_sent_by_the_replica_serving_the_client_id(shared_url: str) -> None:
+    headers, body, _ = github_request(FIXTURES / "push.0.json")
+    with (
+        running_server("--store", shared_url, "--repositories", HELLO_WORLD_ID) as first,
+        running_server("--store", shared_url, "--repositories", HELLO_WORLD_ID) as second,
+    ):
+        async with httpx.AsyncClient(timeout=10) as http:
+            async with AckStream(second.grpc_target, "ci", [HELLO_WORLD_ID]) as stream:
+                posted = await http.post(f"{first.url}/v1/github/", headers=headers, content=body)
+                assert posted.status_code == 201, posted.text
+                relayed = await stream.next_event()
+                assert relayed is not None and relayed.sequence == 1 and not relayed.replay
+                await stream.fail(relayed, "the target said 404", 404)
+
+                async def dead_letters() -> list[dict[str, object]]:
+                    answer = await http.get(f"{first.url}/v1/dead-letters")
+                    return list(answer.json()["dead_letters"])
+
+                deadline = time.monotonic() + DEADLINE_S
+                while not await dead_letters():
+                    assert time.monotonic() < deadline, "the dead letter is not recorded"
+                    await asyncio.sleep(0.05)
+
+                # Asked of the first replica; the connection of "ci" is on the second: it sends the replay now.
+                asked = await http.post(
+                    f"{first.url}/v1/dead-letters/replay", json={"client_id": "ci", "repository_id": HELLO_WORLD_ID}
+                )
+                assert asked.status_code == 202 and asked.json()["replayed"] == [1], asked.text
+                replayed = await stream.next_event(timeout=DEADLINE_S)
+                assert replayed is not None and replayed.sequence == 1 and replayed.replay
+                assert replayed.webhook_event.body == body
+                await stream.ack(replayed)
+                deadline = time.monotonic() + DEADLINE_S
+                while await dead_letters():
+                    assert time.monotonic() < deadline, "the delivered replay still shows as a dead letter"
+                    await asyncio.sleep(0.05)

@@ -370,6 +370,9 @@ class Dispatcher:
         self.window = window
         self.window_bytes = window_bytes
         self._groups: dict[str, _Group] = {}
+        #: replays that other replicas were asked for, being sent here
+        self._replaying: set[asyncio.Task[None]] = set()
+        store.on_replays(self._replays_requested)
 
     def connect(self, client_id: str, repository_ids: list[str]) -> Connection:
         connection = Connection(client_id, repository_ids)
@@ -469,6 +472,23 @@ class Dispatcher:
         lane = group.holders.get(repository_id) if group else None
         if lane is not None and lane.holding:
             await lane.send_replays(sequences)
+
+    def _replays_requested(self, client_id: str, repository_id: str) -> None:
+        """Another replica was asked to replay events: send them if a connection here serves the repository."""
+        group = self._groups.get(client_id)
+        lane = group.holders.get(repository_id) if group else None
+        if lane is None or not lane.holding:
+            return
+
+        async def send() -> None:
+            try:
+                await lane.send_replays(await self.store.replays(client_id, repository_id))
+            except StoreError as exc:  # still in the store: sent when the lane starts again
+                logger.warning("client %s: cannot send the replays of %s now: %s", client_id, repository_id, exc)
+
+        task = asyncio.create_task(send(), name=f"replays {client_id}/{repository_id}")
+        self._replaying.add(task)
+        task.add_done_callback(self._replaying.discard)
 
     def close(self) -> None:
         """End every stream (server shutdown)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import NamedTuple
 
@@ -226,6 +226,11 @@ class EventStore(ABC):
             return cursor
         state = await self.repository(repository_id)
         return state.first_sequence - 1 if state and state.event_count else self.notifier.latest(repository_id)
+
+    def on_replays(self, listener: Callable[[str, str], None]) -> None:  # noqa: B027 (in-process stores: nothing)
+        """Call ``listener(client id, repository id)`` when another server process sharing this store was asked
+        to replay events (``add_replays``), so that the one serving that repository sends them. The in-process
+        stores have no other process: they never call it."""
 
     def lease(self, client_id: str, repository_id: str, holder: str) -> Lease:
         """The lease a lane holds while it serves ``repository_id`` to ``client_id`` (see :class:`Lease`)."""

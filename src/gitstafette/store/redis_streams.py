@@ -35,7 +35,7 @@ import os
 import socket
 import uuid
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import astuple
 from typing import Any, cast
 
@@ -191,6 +191,7 @@ class _Keys:
         self.dead_letters_by_time = self._key(constants.REDIS_DEAD_LETTERS_BY_FAILED_AT_NS_KEY)
         self.notices = self._key(constants.REDIS_NOTICES_KEY)
         self.lease_released = self._key(constants.REDIS_LEASE_RELEASED_KEY)
+        self.replays_requested = self._key(constants.REDIS_REPLAYS_REQUESTED_KEY)
 
     def _key(self, template: str, **names: str) -> str:
         return f"{self.prefix}:{template.format(**names)}"
@@ -268,6 +269,7 @@ class RedisStore(EventStore):
         self._listener: aioredis.Redis | None = None
         #: (client id, repository id) → woken when another holder gives that lease up
         self._lease_waiters: dict[tuple[str, str], asyncio.Event] = {}
+        self._replay_listeners: list[Callable[[str, str], None]] = []
         self._following: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -405,7 +407,7 @@ class RedisStore(EventStore):
         before it is covered by the counters read next. (A lease released meanwhile is found when it expires.)
         """
         streams = {}
-        for key in (self.keys.notices, self.keys.lease_released):
+        for key in (self.keys.notices, self.keys.lease_released, self.keys.replays_requested):
             last = await client.xrevrange(key, count=1)
             streams[key] = last[0][0] if last and isinstance(last[0][0], bytes) else b"0-0"
         repository_ids = sorted(_text(r) for r in await client.smembers(self.keys.repositories))
@@ -423,7 +425,7 @@ class RedisStore(EventStore):
         standing by for leases that any replica gave up."""
         assert self._listener is not None
         listener, delay_s, failing = self._listener, 0.01, False
-        notices = self.keys.notices.encode()
+        notices, released = self.keys.notices.encode(), self.keys.lease_released.encode()
         while not self._closing:
             try:
                 if streams is None:
@@ -440,8 +442,11 @@ class RedisStore(EventStore):
                         streams[_text(stream)] = entry_id
                         if stream == notices:
                             self.notifier.advance(_text(fields[b"repository_id"]), int(fields[b"sequence"]))
-                        else:
+                        elif stream == released:
                             self._lease_released(_text(fields[b"client_id"]), _text(fields[b"repository_id"]))
+                        elif _text(fields[b"origin"]) != self.instance:  # this replica sent its own at once
+                            for replays_requested in self._replay_listeners:
+                                replays_requested(_text(fields[b"client_id"]), _text(fields[b"repository_id"]))
             except (RedisError, OSError) as exc:
                 if self._closing:
                     return
@@ -568,9 +573,20 @@ class RedisStore(EventStore):
         if not sequences:
             return
         with self._mapped("recording replay requests"):
-            await self._client_or_raise().zadd(
-                self.keys.replays(repository_id, client_id), {str(sequence): sequence for sequence in sequences}
-            )
+            async with self._client_or_raise().pipeline(transaction=True) as pipe:
+                pipe.zadd(
+                    self.keys.replays(repository_id, client_id), {str(sequence): sequence for sequence in sequences}
+                )
+                pipe.xadd(
+                    self.keys.replays_requested,
+                    {"client_id": client_id, "repository_id": repository_id, "origin": self.instance},
+                    maxlen=constants.REDIS_LEASE_RELEASED_MAXLEN,
+                    approximate=True,
+                )
+                await pipe.execute()
+
+    def on_replays(self, listener: Callable[[str, str], None]) -> None:
+        self._replay_listeners.append(listener)
 
     async def replays(self, client_id: str, repository_id: str) -> list[int]:
         with self._mapped("reading replay requests"):
