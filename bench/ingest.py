@@ -54,7 +54,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_FIXTURE = ROOT.parent / "shared" / "fixtures" / "github" / "push.0.json"
+DEFAULT_FIXTURE = ROOT / "tests" / "fixtures" / "github" / "push.0.json"
 RESULTS = Path(__file__).resolve().parent / "results"
 
 GOAL_ACCEPTED_PER_S = 2000.0

@@ -20,9 +20,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "github"
-if not FIXTURES.is_dir():  # a checkout elsewhere: GITSTAFETTE_FIXTURES points at shared/fixtures/github
-    FIXTURES = Path(os.environ.get("GITSTAFETTE_FIXTURES", FIXTURES))
+FIXTURES = ROOT / "tests" / "fixtures" / "github"
 
 _LISTENING = re.compile(r"listening: http=\S+:(\d+) grpc=\S+:(\d+)")
 
