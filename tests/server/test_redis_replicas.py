@@ -279,3 +279,29 @@ async def test_a_replay_asked_of_one_replica_is_sent_by_the_replica_serving_the_
                 while await dead_letters():
                     assert time.monotonic() < deadline, "the delivered replay still shows as a dead letter"
                     await asyncio.sleep(0.05)
+
+
+async def test_a_replica_stopped_with_sigterm_gives_its_leases_up_at_once() -> None:
+    posted = [github_request(FIXTURES / f"push.{n % 2}.json") for n in range(2)]
+    # Leases that would outlive the test: only giving them up lets the other replica take over.
+    with redis_store_url(REPLICAS_TESTS_DB, "&lease_ttl=10m") as url:
+        watch = ("--store", url, "--repositories", HELLO_WORLD_ID)
+        with running_server(*watch) as first, running_server(*watch) as second:
+            async with httpx.AsyncClient(timeout=10) as http:
+                async with (
+                    AckStream(first.grpc_target, "ci", [HELLO_WORLD_ID]) as on_first,
+                    AckStream(second.grpc_target, "ci", [HELLO_WORLD_ID]) as on_second,
+                ):
+                    headers, body, _ = posted[0]
+                    assert (await http.post(f"{second.url}/v1/github/", headers=headers, content=body)).is_success
+                    relayed = await on_first.next_event()
+                    assert relayed is not None and relayed.sequence == 1
+                    await on_first.ack(relayed)
+                    assert await on_second.next_event(timeout=1) is None
+
+                    assert first.stop() == 0  # SIGTERM: streams end, leases are given up, the store closes
+                    headers, body, _ = posted[1]
+                    assert (await http.post(f"{second.url}/v1/github/", headers=headers, content=body)).is_success
+                    relayed = await on_second.next_event(timeout=DEADLINE_S)
+                    assert relayed is not None and relayed.sequence == 2, first.log()
+        assert "no longer served by" in first.log(), first.log()

@@ -84,7 +84,7 @@ async def test_one_holder_across_replicas_and_a_release_wakes_the_one_standing_b
     assert lease_value(url) is None
 
 
-async def test_a_lease_expires_when_its_holder_is_gone_and_a_holder_that_lost_it_learns_so(short_url: str) -> None:
+async def test_a_lease_expires_when_its_holder_stalls_and_a_holder_that_lost_it_learns_so(short_url: str) -> None:
     async with new_store(short_url) as b:
         a = new_store(short_url)
         await a.open()
@@ -96,12 +96,17 @@ async def test_a_lease_expires_when_its_holder_is_gone_and_a_holder_that_lost_it
         second = b.lease(CLIENT, REPO, "connection 2")
         assert await second.acquire() is False
 
-        # The replica goes without giving its lease up (as when killed): the lease expires, the other takes it.
-        await a.aclose()
+        # The holder stalls without giving its lease up (as a replica frozen, or killed: see the drills with
+        # real processes): not renewed, the lease expires, and the other takes it.
+        renewing = first._renewing  # type: ignore[attr-defined]
+        assert renewing is not None
+        renewing.cancel()
         while not await second.acquire():
             await second.wait()
         assert second.held_elsewhere is False
-        await asyncio.wait_for(first.lost.wait(), 30)  # it could renew no more
+        await a.aclose()  # gives up what it holds: nothing, now; the other's lease stays
+        value = lease_value(short_url)
+        assert value is not None and value.startswith("2 ") and value.endswith(" connection 2"), value
 
         # A holder whose lease went to another (it expired while this one could not reach Redis) stops too.
         key = lease_key(short_url)
@@ -131,3 +136,17 @@ async def test_the_in_process_stores_grant_at_once() -> None:
     assert type(lease) is Lease
     assert await lease.acquire() is True and await lease.acquire() is True
     assert not lease.lost.is_set() and lease.held_elsewhere is False
+
+
+async def test_a_store_that_closes_gives_its_leases_up(url: str, replicas: tuple[EventStore, EventStore]) -> None:
+    a, b = replicas
+    closing = new_store(url)
+    await closing.open()
+    assert await closing.lease(CLIENT, REPO, "connection 1").acquire() is True
+    standing_by = b.lease(CLIENT, REPO, "connection 2")
+    assert await standing_by.acquire() is False
+    waiting = asyncio.create_task(standing_by.wait())
+    await closing.aclose()  # the lease lives 10 minutes: only giving it up ends the wait
+    await asyncio.wait_for(waiting, 30)
+    assert await standing_by.acquire() is True
+    await standing_by.release()

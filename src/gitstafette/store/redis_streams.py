@@ -270,6 +270,8 @@ class RedisStore(EventStore):
         #: (client id, repository id) → woken when another holder gives that lease up
         self._lease_waiters: dict[tuple[str, str], asyncio.Event] = {}
         self._replay_listeners: list[Callable[[str, str], None]] = []
+        #: leases this replica holds (or may: asked, no answer yet), given up when the store closes
+        self._leases: set[_RedisLease] = set()
         self._following: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -354,6 +356,9 @@ class RedisStore(EventStore):
         appender = getattr(self, "_appender", None)
         if appender is not None:
             await appender.aclose()
+        # A replica that stops gives its leases up: the others take over at once, not when they expire.
+        for lease in list(self._leases):
+            await lease.release()
         following, self._following = self._following, None
         if following is not None:
             # Cancelling alone is not enough: redis-py can swallow a cancellation that lands while it connects,
@@ -737,6 +742,7 @@ class _RedisLease(Lease):
         store = self._store
         started = asyncio.get_running_loop().time()
         self._maybe_held = True
+        store._leases.add(self)
         try:
             with store._mapped("taking a lease"):
                 granted, detail, value = await store._acquire_lease_script(
@@ -758,6 +764,7 @@ class _RedisLease(Lease):
         self._failing = False
         if not granted:
             self._maybe_held = False
+            store._leases.discard(self)
             expires_ms = int(detail)
             self._wait_s = (expires_ms if expires_ms >= 0 else self._ttl_ms) / 1000 + 0.005
             logger.debug("lease %s is held by %s for %d ms more", self._key, _text(value), expires_ms)
@@ -853,6 +860,7 @@ class _RedisLease(Lease):
             return
         self._maybe_held = False
         store = self._store
+        store._leases.discard(self)
         try:
             with store._mapped("giving a lease up"):
                 released = await store._release_lease_script(
