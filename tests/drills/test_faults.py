@@ -6,7 +6,6 @@ over goes through."""
 from __future__ import annotations
 
 import pytest
-
 from bench.faults import DRILLS, DrillOptions, run_drill
 
 SHORT = DrillOptions(webhooks=60, concurrency=4, hold_s=1.0, drain_timeout_s=20.0, send_timeout_s=60.0)
