@@ -108,25 +108,24 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
 
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--dir",
+            str(self.folder),
+            *self.extra_args,
+        ]
+
     def start(self, timeout: float = 10) -> RedisServer:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes" if self.appendonly else "no",
-                "--dir",
-                str(self.folder),
-                *self.extra_args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -147,3 +146,22 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(10)
         self.process = None
+
+
+class SentinelServer(RedisServer):
+    """A ``redis-server --sentinel`` of the test's own that watches the master ``master_port`` as ``service``,
+    calling it down after ``down_after_ms`` without an answer (one sentinel is enough for a quorum of 1)."""
+
+    def __init__(self, folder: Path, master_port: int, service: str = "mymaster", down_after_ms: int = 1000) -> None:
+        super().__init__(folder)
+        self.service = service
+        self.config = folder / f"sentinel-{self.port}.conf"
+        self.config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {folder}\n"
+            f"sentinel monitor {service} 127.0.0.1 {master_port} 1\n"
+            f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+            f"sentinel failover-timeout {service} 2000\n"
+        )
+
+    def command(self) -> list[str]:
+        return [self.binary, str(self.config), "--sentinel"]

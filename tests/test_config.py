@@ -203,6 +203,24 @@ def test_sqlite_url_may_trade_the_fsync_for_latency() -> None:
             "redis://h:6379/4?prefix=p&lease_ttl=2000ms",
         ),
         (
+            "redis+sentinel://:s3cr%40t@s1:26380,s2,[::1]:26381/mymaster/3?prefix=p",
+            RedisSettings(
+                "s1",
+                26380,
+                3,
+                password=Secret("s3cr@t"),
+                prefix="p",
+                sentinels=(("s1", 26380), ("s2", 26379), ("::1", 26381)),
+                service_name="mymaster",
+            ),
+            "redis+sentinel://:**********@s1:26380,s2:26379,[::1]:26381/mymaster/3?prefix=p",
+        ),
+        (
+            "redis+sentinel://s1/mymaster",
+            RedisSettings("s1", 26379, 0, sentinels=(("s1", 26379),), service_name="mymaster"),
+            "redis+sentinel://s1:26379/mymaster/0",
+        ),
+        (
             "redis://:s3cr%40t@redis/3",
             RedisSettings("redis", 6379, 3, password=Secret("s3cr@t")),
             "redis://:**********@redis:6379/3",
@@ -234,7 +252,9 @@ def test_store_config_from_redis_url(url: str, expected: RedisSettings, text: st
         ("redis://h/0?db=1", "only options"),
         ("redis://h/0?lease_ttl=soon", "not a duration"),
         ("redis://h/0?lease_ttl=100ms", "at least 300 ms"),
-        ("redis+sentinel://:secret@h:26379/mymaster", "Sentinel is not supported yet"),
+        ("redis+sentinel://h:26379/", "name the sentinels and the master"),
+        ("redis+sentinel://h:port/mymaster", "not host:port"),
+        ("redis+cluster://h:7000/0", "unknown scheme"),
     ],
 )
 def test_store_config_refuses_bad_redis_urls_without_showing_the_password(url: str, message: str) -> None:

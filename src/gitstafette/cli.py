@@ -46,7 +46,8 @@ REPOSITORIES_HELP = (
 STORE_HELP = (
     "Where events are kept: memory:// (lost on exit), sqlite:///relative/path.db or sqlite:////absolute/path.db, "
     "or redis://[:password@]host:port/db[?prefix=NAME][&lease_ttl=5s] (rediss:// for TLS), which several server "
-    "replicas may share; lease_ttl: how long a replica that died keeps the repositories it served to a client id."
+    "replicas may share; lease_ttl: how long a replica that died keeps the repositories it served to a client id. "
+    "With Sentinel: redis+sentinel://[:password@]sentinel:26379[,sentinel...]/MASTER/db[?...]."
 )
 RETENTION_HELP = "How long acknowledged events are kept (for inspection and replay), e.g. 30m, 24h, 7d."
 MAX_AGE_HELP = "How long events that some client has not acknowledged are kept at most."

@@ -139,6 +139,23 @@ class Watchlist:
 _REDIS_PREFIX = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
+def _hosts(netloc: str) -> list[str]:
+    """``user:pw@h1:1,h2:2`` → ``["h1:1", "h2:2"]``."""
+    return [h for h in netloc.rpartition("@")[2].split(",") if h]
+
+
+def _host_port(text: str, default_port: int, masked_url: str) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` → (host, port)."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    else:
+        host, _, port_text = text.partition(":")
+    if not host or (port_text and not port_text.isdigit()) or not 0 < int(port_text or default_port) < 65536:
+        raise ConfigError(f"store: {masked_url!r}: {text!r} is not host:port")
+    return host, int(port_text or default_port)
+
+
 def _masked_url(url: str) -> str:
     """``url`` with its password (if any) replaced: store URLs end up in error messages and logs."""
     parts = urlsplit(url)
@@ -151,7 +168,9 @@ def _masked_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class RedisSettings:
-    """A Redis server, from ``redis://[[user]:password@]host[:port][/db][?prefix=NAME]`` (``rediss://``: TLS).
+    """A Redis server, from ``redis://[[user]:password@]host[:port][/db][?prefix=NAME]`` (``rediss://``: TLS), or
+    the master Redis Sentinel names: ``redis+sentinel://[[user]:password@]sentinel[:port][,sentinel…]/master[/db]``
+    (the credentials are the master's; the sentinels are asked without; the default port 26379).
 
     :param prefix: the first part of every key (``prefix:…``), so that several installations can share one
         Redis database; the replicas of one installation must use the same prefix.
@@ -159,7 +178,7 @@ class RedisSettings:
         its own without renewal, so how long they wait for another replica when it dies (shorter: faster
         takeover, but a replica that stalls this long loses them).
 
-    Sentinel and Cluster are not supported yet.
+    Cluster is not supported.
     """
 
     host: str = "localhost"
@@ -170,18 +189,33 @@ class RedisSettings:
     tls: bool = False
     prefix: str = constants.DEFAULT_REDIS_PREFIX
     lease_ttl_ms: int = constants.DEFAULT_REDIS_LEASE_TTL_MS
+    #: Sentinel: (host, port) of each sentinel, which say where the master of ``service_name`` is
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service_name: str = ""
 
     @classmethod
     def from_url(cls, url: str) -> RedisSettings:
         masked = _masked_url(url)
         parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss"):
-            raise ConfigError(f"store: {masked!r} is not a redis:// or rediss:// URL")
-        try:
-            port = parts.port or constants.DEFAULT_REDIS_PORT
-        except ValueError as exc:
-            raise ConfigError(f"store: {masked!r} has an invalid port") from exc
-        path = parts.path.strip("/")
+        sentinel = parts.scheme in ("redis+sentinel", "rediss+sentinel")
+        if parts.scheme not in ("redis", "rediss") and not sentinel:
+            raise ConfigError(f"store: {masked!r} is not a redis://, rediss:// or redis+sentinel:// URL")
+        sentinels: tuple[tuple[str, int], ...] = ()
+        service_name, path = "", parts.path.strip("/")
+        if sentinel:
+            sentinels = tuple(_host_port(h, constants.DEFAULT_SENTINEL_PORT, masked) for h in _hosts(parts.netloc))
+            service_name, _, path = path.partition("/")
+            if not sentinels or not service_name:
+                raise ConfigError(
+                    f"store: {masked!r}: name the sentinels and the master, e.g. "
+                    "redis+sentinel://sentinel-1:26379,sentinel-2:26379/mymaster/0"
+                )
+            host, port = sentinels[0]
+        else:
+            try:
+                host, port = parts.hostname or "localhost", parts.port or constants.DEFAULT_REDIS_PORT
+            except ValueError as exc:
+                raise ConfigError(f"store: {masked!r} has an invalid port") from exc
         if path and not path.isdigit():
             raise ConfigError(f"store: {masked!r}: the path is the database number, e.g. redis://localhost:6379/0")
         options = parse_qs(parts.query, keep_blank_values=True)
@@ -200,14 +234,16 @@ class RedisSettings:
                 "(it is renewed every third of it)"
             )
         return cls(
-            host=parts.hostname or "localhost",
+            host=host,
             port=port,
             database=int(path or 0),
             username=unquote(parts.username) if parts.username else None,
             password=Secret.optional(unquote(parts.password)) if parts.password else None,
-            tls=parts.scheme == "rediss",
+            tls=parts.scheme.startswith("rediss"),
             prefix=prefix,
             lease_ttl_ms=lease_ttl_ms,
+            sentinels=sentinels,
+            service_name=service_name,
         )
 
     def __str__(self) -> str:
@@ -215,14 +251,18 @@ class RedisSettings:
         credentials = ""
         if self.username or self.password:
             credentials = quote(self.username or "", safe="") + (":**********" if self.password else "") + "@"
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        hosts = ",".join(
+            f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sentinels or [(self.host, self.port)]
+        )
         options = {}
         if self.prefix != constants.DEFAULT_REDIS_PREFIX:
             options["prefix"] = self.prefix
         if self.lease_ttl_ms != constants.DEFAULT_REDIS_LEASE_TTL_MS:
             options["lease_ttl"] = f"{self.lease_ttl_ms}ms"
         query = "?" + "&".join(f"{k}={v}" for k, v in options.items()) if options else ""
-        return f"{'rediss' if self.tls else 'redis'}://{credentials}{host}:{self.port}/{self.database}{query}"
+        scheme = ("rediss" if self.tls else "redis") + ("+sentinel" if self.sentinels else "")
+        service = f"/{self.service_name}" if self.sentinels else ""
+        return f"{scheme}://{credentials}{hosts}{service}/{self.database}{query}"
 
     def __repr__(self) -> str:
         return f"RedisSettings({str(self)!r})"
@@ -256,10 +296,8 @@ class StoreConfig:
             if synchronous not in ("full", "normal") or options:
                 raise ConfigError(f"store: {url!r}: the only option is ?synchronous=full (default) or normal")
             return cls("sqlite", path, "normal" if synchronous == "normal" else "full")
-        if parts.scheme in ("redis", "rediss"):
+        if parts.scheme in ("redis", "rediss", "redis+sentinel", "rediss+sentinel"):
             return cls("redis", redis=RedisSettings.from_url(url))
-        if "sentinel" in parts.scheme:
-            raise ConfigError(f"store: {_masked_url(url)!r}: Redis Sentinel is not supported yet; use redis://")
         raise ConfigError(
             f"store: {_masked_url(url)!r} has an unknown scheme; use memory://, sqlite:///PATH or redis://HOST:PORT/DB"
         )

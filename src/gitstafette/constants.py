@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_REDIS_PORT",
     "DEFAULT_REDIS_LEASE_TTL_MS",
     "DEFAULT_REDIS_PREFIX",
+    "DEFAULT_SENTINEL_PORT",
     "MIN_REDIS_LEASE_TTL_MS",
     "DEFAULT_SQLITE_PATH",
     "GRPC_MESSAGE_OVERHEAD_BYTES",
@@ -77,6 +78,7 @@ GRPC_MESSAGE_OVERHEAD_BYTES = 1024 * 1024
 
 DEFAULT_SQLITE_PATH = "gitstafette.db"
 DEFAULT_REDIS_PORT = 6379
+DEFAULT_SENTINEL_PORT = 26379
 #: Acknowledged events are kept this long (for replay and inspection).
 DEFAULT_RETENTION_S = 24 * 3600
 #: Unacknowledged events are kept at most this long.

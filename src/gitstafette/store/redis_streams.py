@@ -41,6 +41,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import AuthenticationError, BusyLoadingError, NoScriptError, ReadOnlyError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -267,6 +268,8 @@ class RedisStore(EventStore):
         #: for what must fail fast when Redis hangs: appends (a POST waits for them), pings, leases
         self._quick: aioredis.Redis | None = None
         self._listener: aioredis.Redis | None = None
+        #: the sentinels asked for the master, with a connection of their own to each (Sentinel only)
+        self._sentinels: list[Sentinel] = []
         #: (client id, repository id) → woken when another holder gives that lease up
         self._lease_waiters: dict[tuple[str, str], asyncio.Event] = {}
         self._replay_listeners: list[Callable[[str, str], None]] = []
@@ -279,9 +282,28 @@ class RedisStore(EventStore):
 
     def _client(self, socket_timeout_s: float, retries: int, retry_timeouts: bool = True) -> aioredis.Redis:
         settings = self.settings
+        if settings.sentinels:
+            # The master of the moment: asked of the sentinels on each new connection, so after a failover
+            # the connections that fail (the old master is gone, or now read-only) are made again to the new one.
+            sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                list(settings.sentinels),
+                sentinel_kwargs={
+                    "socket_timeout": constants.REDIS_INGEST_TIMEOUT_S,
+                    "socket_connect_timeout": constants.REDIS_CONNECT_TIMEOUT_S,
+                    "ssl": settings.tls,
+                },
+            )
+            self._sentinels.append(sentinel)
+            options = self._options(socket_timeout_s, retries, retry_timeouts)
+            pool = SentinelConnectionPool(settings.service_name, sentinel, **options)  # type: ignore[no-untyped-call]
+            return aioredis.Redis(connection_pool=pool, retry=options["retry"])
         return aioredis.Redis(
-            host=settings.host,
-            port=settings.port,
+            host=settings.host, port=settings.port, **self._options(socket_timeout_s, retries, retry_timeouts)
+        )
+
+    def _options(self, socket_timeout_s: float, retries: int, retry_timeouts: bool) -> dict[str, Any]:
+        settings = self.settings
+        return dict(
             db=settings.database,
             username=settings.username,
             password=settings.password.reveal() if settings.password else None,
@@ -374,6 +396,10 @@ class RedisStore(EventStore):
         await self._close_client(self._redis)
         await self._close_client(self._quick)
         self._listener = self._redis = self._quick = None
+        for sentinel in self._sentinels:
+            for client in sentinel.sentinels:
+                await self._close_client(client)
+        self._sentinels = []
 
     @staticmethod
     async def _close_client(client: aioredis.Redis | None) -> None:
