@@ -70,6 +70,9 @@ class DrillOptions:
     rate: float = 0.0
     #: how long the fault lasts, seconds
     hold_s: float = 5.0
+    #: how long the target takes to answer each POST, seconds: with the client's one POST at a time per
+    #: repository, delivery falls behind ingest, so that the fault strikes with a backlog in the server
+    target_delay_s: float = 0.002
     #: the fault starts once this share of the webhooks was accepted
     fault_at: float = 1 / 3
     #: store of the server: ``sqlite`` (a file in a temporary folder) or ``redis`` (a redis-server of the drill's own)
@@ -235,6 +238,7 @@ class Rig:
         self.arrivals = Arrivals(PUSH.read_bytes())
         self.target = RecordingTarget()
         self.target.answer = self.arrivals.answer
+        self.target.delay_s = options.target_delay_s
         self.redis: RedisServer | None = None
         if redis:
             self.redis = RedisServer(folder, appendonly=True, extra_args=["--appendfsync", "always"])
@@ -448,13 +452,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--store", choices=("sqlite", "redis"), default=defaults.store,
                         help="the server's store; redis starts a redis-server of the drill's own (redis-restart "
                         "always uses it)")  # fmt: skip
+    parser.add_argument("--target-delay", type=float, default=defaults.target_delay_s,
+                        help="seconds the target takes to answer each POST (delivery falls behind ingest, so the "
+                        "fault strikes with a backlog)")  # fmt: skip
     parser.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout_s,
                         help="stop waiting for deliveries once none arrived for this many seconds")  # fmt: skip
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON results")
     parser.add_argument("--no-save", action="store_true", help="do not write the JSON to --results")
     args = parser.parse_args(argv)
-    if args.webhooks < 1 or args.concurrency < 1 or args.hold < 0 or args.rate < 0:
-        parser.error("-n and -c must be at least 1, --hold and --rate not negative")
+    if args.webhooks < 1 or args.concurrency < 1 or min(args.hold, args.rate, args.target_delay) < 0:
+        parser.error("-n and -c must be at least 1, --hold, --rate and --target-delay not negative")
     return args
 
 
@@ -465,8 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         print("redis-server is not installed: it is needed for --store redis and the redis-restart drill",
               file=sys.stderr)  # fmt: skip
         return 2
-    options = DrillOptions(args.webhooks, args.concurrency, args.rate, args.hold, store=args.store,
-                           drain_timeout_s=args.drain_timeout)  # fmt: skip
+    options = DrillOptions(args.webhooks, args.concurrency, args.rate, args.hold, target_delay_s=args.target_delay,
+                           store=args.store, drain_timeout_s=args.drain_timeout)  # fmt: skip
     load_before = os.getloadavg()
     results = []
     for name in drills:
