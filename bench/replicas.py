@@ -268,20 +268,24 @@ def print_table(report: dict[str, Any]) -> None:
         if "ingest" not in figures:
             continue
         ingest, cpu = figures["ingest"], figures["ingest"]["cpu"]
-        rows.append((setup, "accepted/s", f"{ingest['accepted_per_s']:,.0f} ({ingest['statuses']})"))
-        per_role = ", ".join(f"{k.removesuffix('_us_per_event')} {v:g}" for k, v in cpu.items() if k.endswith("event"))
-        rows.append(("", "CPU µs per webhook", f"{per_role}; machine busy {cpu['machine_busy_pct']} %"))
-        for name in ("latency_same_replica", "latency_across_replicas"):
+        statuses = ", ".join(f"{k}: {v}" for k, v in ingest["statuses"].items())
+        rows.append((f"{setup}: accepted per second", f"{ingest['accepted_per_s']:,.0f}", statuses))
+        per_role = ", ".join(
+            f"{k.removesuffix('_us_per_event')} {v:g}" for k, v in cpu.items() if k.endswith("_us_per_event")
+        )
+        rows.append((f"{setup}: CPU µs per webhook", per_role, f"machine busy {cpu['machine_busy_pct']} %"))
+        for name, where in (("latency_same_replica", "same replica"), ("latency_across_replicas", "across replicas")):
             if name in figures:
                 latency = figures[name]["post_to_stream"]
                 rows.append(
                     (
-                        "",
-                        "POST → stream " + ("(same replica)" if name.endswith("same_replica") else "(across replicas)"),
+                        f"{setup}: POST -> stream, {where}",
                         f"p50 {latency['p50_ms']} ms, p90 {latency['p90_ms']}, p99 {latency['p99_ms']}",
+                        f"POST -> 201 p50 {figures[name]['post_to_201']['p50_ms']} ms",
                     )
                 )
-    _rows(rows)
+    if rows:
+        _rows(rows)
     for goal, met in report["goals"].items():
         print(f"  {'met   ' if met else 'MISSED'} {goal}")
 
