@@ -288,20 +288,19 @@ async def test_a_replica_stopped_with_sigterm_gives_its_leases_up_at_once() -> N
         watch = ("--store", url, "--repositories", HELLO_WORLD_ID)
         with running_server(*watch) as first, running_server(*watch) as second:
             async with httpx.AsyncClient(timeout=10) as http:
-                async with (
-                    AckStream(first.grpc_target, "ci", [HELLO_WORLD_ID]) as on_first,
-                    AckStream(second.grpc_target, "ci", [HELLO_WORLD_ID]) as on_second,
-                ):
+                async with AckStream(first.grpc_target, "ci", [HELLO_WORLD_ID]) as on_first:
                     headers, body, _ = posted[0]
                     assert (await http.post(f"{second.url}/v1/github/", headers=headers, content=body)).is_success
-                    relayed = await on_first.next_event()
-                    assert relayed is not None and relayed.sequence == 1
+                    relayed = await on_first.next_event(timeout=DEADLINE_S)
+                    assert relayed is not None and relayed.sequence == 1  # the first replica holds the lease
                     await on_first.ack(relayed)
-                    assert await on_second.next_event(timeout=1) is None
+                    async with AckStream(second.grpc_target, "ci", [HELLO_WORLD_ID]) as on_second:
+                        assert await on_second.next_event(timeout=1) is None
 
-                    assert first.stop() == 0  # SIGTERM: streams end, leases are given up, the store closes
-                    headers, body, _ = posted[1]
-                    assert (await http.post(f"{second.url}/v1/github/", headers=headers, content=body)).is_success
-                    relayed = await on_second.next_event(timeout=DEADLINE_S)
-                    assert relayed is not None and relayed.sequence == 2, first.log()
+                        assert first.stop() == 0  # SIGTERM: streams end, leases are given up, the store closes
+                        headers, body, _ = posted[1]
+                        answer = await http.post(f"{second.url}/v1/github/", headers=headers, content=body)
+                        assert answer.is_success
+                        relayed = await on_second.next_event(timeout=DEADLINE_S)
+                        assert relayed is not None and relayed.sequence == 2, first.log()
         assert "no longer served by" in first.log(), first.log()
