@@ -98,6 +98,11 @@ OTEL_HELP = (
     "OTEL_PROTOCOL (grpc or http); OTEL_SERVICE_NAME; OTEL_TRACE_SAMPLING_RATE (0 to 1) or OTEL_TRACES_SAMPLER. "
     "The standard variables win when both are set."
 )
+SENTRY_DSN_HELP = (
+    "Report unexpected errors, signature failures and dead letters to this Sentry project (never a payload, "
+    "header or secret). Prefer the environment variable SENTRY_DSN."
+)
+SENTRY_OPTION = typer.Option(envvar=["GITSTAFETTE_SENTRY_DSN", "SENTRY_DSN"], help=SENTRY_DSN_HELP, show_default=False)
 OTEL_OPTION = typer.Option("--otel/--no-otel", envvar=["GITSTAFETTE_OTEL_ENABLED", "OTEL_ENABLED"], help=OTEL_HELP)
 
 
@@ -142,6 +147,7 @@ def server(
     ] = "10s",
     log_level: Annotated[str, typer.Option(envvar="GITSTAFETTE_LOG_LEVEL", help=LOG_LEVEL_HELP)] = "info",
     otel: Annotated[bool, OTEL_OPTION] = False,
+    sentry_dsn: Annotated[str, SENTRY_OPTION] = "",
     tls_cert: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_CERT", help=TLS_CERT_HELP)] = "",
     tls_key: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_KEY", help=TLS_KEY_HELP)] = "",
     tls_client_ca: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_CLIENT_CA", help=TLS_CLIENT_CA_HELP)] = "",
@@ -200,6 +206,7 @@ def server(
             max_header_bytes=parse_size(max_header_size, "max-header-size"),
             keep_alive_timeout_s=parse_duration(keep_alive_timeout, "keep-alive-timeout"),
             otel=OtelSettings.from_env(otel, constants.SERVER_SERVICE_NAME),
+            sentry_dsn=Secret.optional(sentry_dsn),
         )
     except ConfigError as exc:
         raise _fail(exc) from exc
@@ -304,6 +311,7 @@ def client(
     ] = "10s",
     log_level: Annotated[str, typer.Option(envvar="GITSTAFETTE_LOG_LEVEL", help=LOG_LEVEL_HELP)] = "info",
     otel: Annotated[bool, OTEL_OPTION] = False,
+    sentry_dsn: Annotated[str, SENTRY_OPTION] = "",
     token: Annotated[
         str,
         typer.Option(envvar=["GITSTAFETTE_TOKEN", "OAUTH_TOKEN"], help=CLIENT_TOKEN_HELP, show_default=False),
@@ -349,6 +357,7 @@ def client(
             webhook_secrets_file=webhook_secrets_file,
             target_token=Secret.optional(target_token),
             otel=OtelSettings.from_env(otel, constants.CLIENT_SERVICE_NAME),
+            sentry_dsn=Secret.optional(sentry_dsn),
         )
     except ConfigError as exc:
         raise _fail(exc) from exc

@@ -380,6 +380,8 @@ class ServerConfig:
     keep_alive_timeout_s: float = constants.DEFAULT_KEEP_ALIVE_TIMEOUT_S
     #: OpenTelemetry traces and OTLP metrics (off by default)
     otel: OtelSettings = field(default_factory=lambda: OtelSettings(False, constants.SERVER_SERVICE_NAME))
+    #: report errors, signature failures and dead letters to this Sentry project (SENTRY_DSN)
+    sentry_dsn: Secret | None = None
 
     @property
     def grpc_max_message_bytes(self) -> int:
@@ -495,6 +497,8 @@ class ClientConfig:
     target_token: Secret | None = None
     #: OpenTelemetry traces and OTLP metrics (off by default)
     otel: OtelSettings = field(default_factory=lambda: OtelSettings(False, constants.CLIENT_SERVICE_NAME))
+    #: report errors, signature failures and dead letters to this Sentry project (SENTRY_DSN)
+    sentry_dsn: Secret | None = None
 
     @staticmethod
     def split(values: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:

@@ -35,12 +35,13 @@ from gitstafette.client.metrics import ClientMetrics
 from gitstafette.client.relay import Relay, Settlement, TargetHealth, create_http_client, create_target
 from gitstafette.client.retry import Backoff, RetryPolicy
 from gitstafette.config import ClientConfig
-from gitstafette.constants import HEADER_SIGNATURE_256
+from gitstafette.constants import CLIENT_SERVICE_NAME, HEADER_SIGNATURE_256
 from gitstafette.github.signature import WebhookSecrets
 from gitstafette.model import WebhookEvent
 from gitstafette.secret_files import load_webhook_secrets
 from gitstafette.telemetry import tracing
 from gitstafette.telemetry.process import Telemetry
+from gitstafette.telemetry.sentry import report, start_sentry, stop_sentry
 from gitstafette.tls import client_credentials, describe_client_tls
 
 __all__ = ["Client"]
@@ -153,6 +154,18 @@ class Client:
             max_age_s=config.max_delivery_age_s,
         )
         self._relay = Relay(target, policy, self.metrics, self._health)
+        start_sentry(
+            config.sentry_dsn,
+            CLIENT_SERVICE_NAME,
+            config.client_id,
+            [
+                config.token,
+                config.target_token,
+                self.secrets.default,
+                *self.secrets.by_id.values(),
+                *self.secrets.by_name.values(),
+            ],
+        )
         self.telemetry.start()
         await self._start_health_port()
         if config.insecure:
@@ -300,7 +313,8 @@ class Client:
         self.metrics.settled.labels("bad-signature").inc()
         self.metrics.dead_letters(event.repository_id).inc()
         reason = f"refused by the client, not delivered: {problem} (altered after GitHub signed it, or another secret)"
-        logger.error(
+        report(f"event refused by the client: {problem}", "signature-failure", event, level="error")
+        logger.warning(
             "%s#%d (delivery %s, %d bytes) not delivered: %s; reported to the server as a dead letter",
             event.repository_id,
             event.sequence,
@@ -340,6 +354,15 @@ class Client:
                 event.delivery_id,
                 settlement.attempts,
                 settlement.reason,
+            )
+            report(
+                f"dead letter after {settlement.attempts} attempts: {settlement.reason[:200]}",
+                "dead-letter",
+                event,
+                level="error",
+                status=settlement.status_code or "none",
+                attempts=settlement.attempts,
+                target=self.config.target_display,
             )
 
     def _settle(self, stream: Stream, event: WebhookEvent, settlement: Settlement, more_coming: bool = False) -> None:
@@ -393,4 +416,5 @@ class Client:
         if self._http_server is not None:
             await self._http_server.stop()
         await self.telemetry.aclose()
+        await asyncio.to_thread(stop_sentry)
         logger.info("gitstafette client stopped")

@@ -12,7 +12,7 @@ from gitstafette.github.signature import WebhookSecrets
 from gitstafette.model import WebhookEvent
 from gitstafette.server.metrics import ServerMetrics
 from gitstafette.store import AppendResult, EventStore
-from gitstafette.telemetry import tracing
+from gitstafette.telemetry import sentry, tracing
 
 __all__ = ["Ingest", "Outcome"]
 
@@ -91,6 +91,7 @@ class Ingest:
         )
         if problem:
             logger.warning("delivery %s for repository %s refused: %s", event.delivery_id, event.repository_id, problem)
+            sentry.report(f"webhook signature check failed: {problem}", "signature-failure", event, status=401)
             return Outcome(401, f"signature check failed: {problem}", "rejected-signature")
         try:
             result = await self._append(event)

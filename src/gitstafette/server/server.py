@@ -24,6 +24,7 @@ from gitstafette._http_limits import HttpLimits
 from gitstafette._proto import gitstafette_info_pb2, gitstafette_info_pb2_grpc, gitstafette_pb2, gitstafette_pb2_grpc
 from gitstafette._signals import handling_signals
 from gitstafette.config import ServerConfig
+from gitstafette.constants import SERVER_SERVICE_NAME
 from gitstafette.exceptions import ConfigError, StoreError
 from gitstafette.secret_files import load_webhook_secrets
 from gitstafette.server.audit import AuditLog
@@ -35,6 +36,7 @@ from gitstafette.server.ingest import Ingest
 from gitstafette.server.metrics import ServerMetrics
 from gitstafette.store import EventStore, create_store
 from gitstafette.telemetry.process import Telemetry
+from gitstafette.telemetry.sentry import start_sentry, stop_sentry
 from gitstafette.tls import ServerTls
 
 __all__ = ["Server"]
@@ -120,6 +122,19 @@ class Server:
         config = self.config
         # The certificate first: files that cannot be used stop the server before it opens anything.
         self.tls = ServerTls(config.tls) if config.tls.enabled else None
+        secrets = self.ingest.secrets
+        start_sentry(
+            config.sentry_dsn,
+            SERVER_SERVICE_NAME,
+            config.server_id,
+            [
+                config.oauth_token,
+                config.admin_token,
+                secrets.default,
+                *secrets.by_id.values(),
+                *secrets.by_name.values(),
+            ],
+        )
         self.telemetry.start()
         await self.store.open()
         self._grpc = self._create_grpc_server()
@@ -279,3 +294,4 @@ class Server:
         await self.telemetry.aclose()  # the last metrics (the backlog reads the store) and pending spans
         await self.store.aclose()
         logger.info("gitstafette server stopped")
+        await asyncio.to_thread(stop_sentry)
