@@ -53,6 +53,11 @@ RETENTION_HELP = "How long acknowledged events are kept (for inspection and repl
 MAX_AGE_HELP = "How long events that some client has not acknowledged are kept at most."
 MAX_BODY_HELP = "Largest webhook body accepted; larger ones get 413 (GitHub's own cap is 25 MB)."
 LOG_LEVEL_HELP = "debug, info, warning or error."
+LOG_FORMAT_HELP = (
+    "json (one JSON object a line: timestamp, level, logger, event, and delivery_id / trace_id on lines about "
+    "a webhook), console (readable, for a terminal) or auto: console on a terminal, json otherwise."
+)
+LOG_FORMAT_OPTION = typer.Option(envvar="GITSTAFETTE_LOG_FORMAT", help=LOG_FORMAT_HELP)
 TLS_CERT_HELP = (
     "PEM certificate chain: both ports speak TLS with it (HTTPS and gRPC over TLS); give --tls-key too. "
     "Without it both ports are plaintext."
@@ -126,6 +131,13 @@ def _fail(error: ConfigError) -> typer.Exit:
     return typer.Exit(2)
 
 
+def _configure_logging(level: str, log_format: str = "auto") -> None:
+    try:
+        configure_logging(level, log_format)
+    except ConfigError as exc:
+        raise _fail(exc) from exc
+
+
 @app.command()
 def server(
     repositories: Annotated[str, typer.Option(envvar="GITSTAFETTE_REPOSITORIES", help=REPOSITORIES_HELP)] = "*",
@@ -146,6 +158,7 @@ def server(
         str, typer.Option(envvar="GITSTAFETTE_SHUTDOWN_GRACE", help="How long in-flight work may take on shutdown.")
     ] = "10s",
     log_level: Annotated[str, typer.Option(envvar="GITSTAFETTE_LOG_LEVEL", help=LOG_LEVEL_HELP)] = "info",
+    log_format: Annotated[str, LOG_FORMAT_OPTION] = "auto",
     otel: Annotated[bool, OTEL_OPTION] = False,
     sentry_dsn: Annotated[str, SENTRY_OPTION] = "",
     tls_cert: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_CERT", help=TLS_CERT_HELP)] = "",
@@ -210,7 +223,7 @@ def server(
         )
     except ConfigError as exc:
         raise _fail(exc) from exc
-    configure_logging(log_level)
+    _configure_logging(log_level, log_format)
     try:
         asyncio.run(Server(config).serve())
     except ConfigError as exc:  # certificate files that cannot be used
@@ -310,6 +323,7 @@ def client(
         typer.Option(envvar="GITSTAFETTE_SHUTDOWN_GRACE", help="How long a delivery under way may take on shutdown."),
     ] = "10s",
     log_level: Annotated[str, typer.Option(envvar="GITSTAFETTE_LOG_LEVEL", help=LOG_LEVEL_HELP)] = "info",
+    log_format: Annotated[str, LOG_FORMAT_OPTION] = "auto",
     otel: Annotated[bool, OTEL_OPTION] = False,
     sentry_dsn: Annotated[str, SENTRY_OPTION] = "",
     token: Annotated[
@@ -361,7 +375,7 @@ def client(
         )
     except ConfigError as exc:
         raise _fail(exc) from exc
-    configure_logging(log_level)
+    _configure_logging(log_level, log_format)
     runner = Client(config)
     try:
         asyncio.run(runner.serve())
@@ -436,7 +450,7 @@ def demo(
     """Relay one webhook through a server, a client and a target on free local ports, and show what arrived."""
     from gitstafette.demo import builtin_payload, run_demo
 
-    configure_logging(log_level)
+    _configure_logging(log_level)
     body = payload.read_bytes() if payload is not None else builtin_payload()
     try:
         report = asyncio.run(run_demo(body, event, typer.echo))

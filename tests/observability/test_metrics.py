@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from gitstafette.telemetry.labels import OVERFLOW_LABEL, LabelChildren
 from tests.client.utils import RecordingTarget, post_many, post_webhook, repository_of, running_client, wait_until
+from tests.observability.utils import json_lines
 from tests.utils import FIXTURES, ServerProcess, github_request, metric_sum
 
 RELAYED = 12
@@ -42,6 +43,14 @@ def test_counters_equal_the_webhooks_relayed(server: ServerProcess, target: Reco
         assert client.metric("gitstafette_client_events_received_total", repository=repository) == RELAYED
         assert client.metric("gitstafette_client_delivery_lag_seconds_count") == RELAYED
         assert client.metric("gitstafette_client_delivery_retries_total") == 0
+
+    # stderr is not a terminal: every line is a JSON object; lines about a webhook carry its delivery id
+    for process in (server, client):
+        lines = json_lines(process.lines)
+        assert {"event", "level", "logger", "timestamp"} <= set(lines[0])
+        about = [line for line in lines if "stored as #" in line["event"] or line["event"].startswith("delivered ")]
+        assert len(about) == RELAYED
+        assert all(line["delivery_id"] in line["event"] and "trace_id" not in line for line in about)
 
 
 def test_backlog_rises_while_the_target_is_down_and_drains_after(

@@ -10,7 +10,7 @@ import pytest
 from gitstafette.exceptions import ConfigError
 from gitstafette.telemetry.otel import OtelSettings
 from tests.client.utils import RecordingTarget, post_webhook, repository_of, running_client, wait_until
-from tests.observability.utils import ExportedSpan, exported_spans, exported_sums
+from tests.observability.utils import ExportedSpan, exported_spans, exported_sums, json_lines
 from tests.utils import running_server
 
 #: spans leave in batches every 100 ms, metrics every 200 ms: the test waits for them, never for a time
@@ -90,6 +90,12 @@ def test_one_webhook_is_one_trace_from_the_http_post_to_the_target(tmp_path: Pat
     assert deliver.attributes["http.response.status_code"] == 200
     # The target sees GitHub's headers only: the trace context does not travel to it.
     assert target.delivered()[0].header("traceparent") is None
+
+    # Log lines about the webhook carry its delivery id and trace id (JSON: stderr is not a terminal here).
+    stored = [line for line in json_lines(server.lines) if "stored as #" in line["event"]]
+    assert [(line["delivery_id"], line["trace_id"]) for line in stored] == [(delivery_id, ingest.trace_id)]
+    delivered = [line for line in json_lines(client.lines) if line["event"].startswith("delivered ")]
+    assert [(line["delivery_id"], line["trace_id"]) for line in delivered] == [(delivery_id, ingest.trace_id)]
 
     client_points = [
         (attrs, value)

@@ -3,6 +3,7 @@ OTLP protobuf messages (opentelemetry-proto)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,3 +79,8 @@ def exported_sums(collector: RecordingTarget, name: str) -> list[tuple[str, dict
                             value = point.as_double if point.HasField("as_double") else point.as_int
                             points.append((service, attributes(point.attributes), value))
     return points
+
+
+def json_lines(lines: list[str]) -> list[dict[str, Any]]:
+    """A process's stderr as the JSON objects it logs, one a line (each line must be one)."""
+    return [json.loads(line) for line in lines if line.strip()]

@@ -37,6 +37,7 @@ from gitstafette.client.retry import Backoff, RetryPolicy
 from gitstafette.config import ClientConfig
 from gitstafette.constants import CLIENT_SERVICE_NAME, HEADER_SIGNATURE_256
 from gitstafette.github.signature import WebhookSecrets
+from gitstafette.logs import bind_event, unbind_event
 from gitstafette.model import WebhookEvent
 from gitstafette.secret_files import load_webhook_secrets
 from gitstafette.telemetry import tracing
@@ -259,10 +260,12 @@ class Client:
     async def _run_lane(self, lane: _Lane) -> None:
         assert self._relay is not None
         while not self._stopping.is_set():
+            unbind_event()
             received = await lane.queue.get()
             if received is None or self._stopping.is_set():
                 break
             stream, event = received.stream, received.event
+            bind_event(event.delivery_id, tracing.trace_id_of(event.trace_context) if event.trace_context else "")
             if stream.closed:
                 continue  # its stream is gone: the server sends it again on the next one
             # A replay (a dead letter sent again on request) is delivered again by definition.

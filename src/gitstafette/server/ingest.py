@@ -9,6 +9,7 @@ from gitstafette.config import ServerConfig
 from gitstafette.constants import HEADER_SIGNATURE_256
 from gitstafette.exceptions import StoreError
 from gitstafette.github.signature import WebhookSecrets
+from gitstafette.logs import bind_event
 from gitstafette.model import WebhookEvent
 from gitstafette.server.metrics import ServerMetrics
 from gitstafette.store import AppendResult, EventStore
@@ -57,6 +58,7 @@ class Ingest:
 
     async def store_event(self, event: WebhookEvent) -> Outcome:
         if tracing.tracer is None:
+            bind_event(event.delivery_id)  # the rest of this request's log lines are about it
             outcome = await self._store_event(event)
         else:
             outcome = await self._store_event_traced(event, tracing.tracer)
@@ -66,6 +68,7 @@ class Ingest:
     async def _store_event_traced(self, event: WebhookEvent, tracer: tracing.Tracer) -> Outcome:
         """The ``ingest`` span (under the HTTP or gRPC server span, if any); the event keeps its context."""
         with tracer.start_as_current_span("ingest", attributes=tracing.event_attributes(event)) as span:
+            bind_event(event.delivery_id, format(span.get_span_context().trace_id, "032x"))
             event = replace(event, trace_context=tracing.current_trace_context())
             outcome = await self._store_event(event)
             span.set_attribute("gitstafette.outcome", outcome.outcome)
