@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import httpx
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.parser import text_string_to_metric_families
 
 from gitstafette.telemetry.labels import OVERFLOW_LABEL, LabelChildren
 from tests.client.utils import RecordingTarget, post_many, post_webhook, repository_of, running_client, wait_until
 from tests.observability.utils import json_lines
-from tests.utils import FIXTURES, ServerProcess, github_request, metric_sum
+from tests.utils import FIXTURES, ROOT, ServerProcess, github_request, metric_sum
 
 RELAYED = 12
+DASHBOARD = ROOT / "deploy" / "grafana" / "gitstafette.json"
+
+
+def exposed_names(url: str) -> set[str]:
+    """Every series name /metrics declares, with the suffixes Prometheus gives counters and histograms."""
+    names = set()
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=5).text):
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
+        names.update(family.name + suffix for suffix in suffixes)
+    return names
 
 
 def test_counters_equal_the_webhooks_relayed(server: ServerProcess, target: RecordingTarget) -> None:
@@ -43,6 +57,17 @@ def test_counters_equal_the_webhooks_relayed(server: ServerProcess, target: Reco
         assert client.metric("gitstafette_client_events_received_total", repository=repository) == RELAYED
         assert client.metric("gitstafette_client_delivery_lag_seconds_count") == RELAYED
         assert client.metric("gitstafette_client_delivery_retries_total") == 0
+
+        exposed = exposed_names(server.url) | exposed_names(client.url)
+    dashboard = json.loads(DASHBOARD.read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        for name in re.findall(r"gitstafette_\w+", target["expr"])
+    }
+    assert len(queried) >= 15
+    assert queried <= exposed, f"the dashboard queries series nobody exposes: {sorted(queried - exposed)}"
 
     # stderr is not a terminal: every line is a JSON object; lines about a webhook carry its delivery id
     for process in (server, client):
