@@ -153,3 +153,39 @@ def test_a_server_given_a_bad_variable_says_so_and_stops() -> None:
     finally:
         server.kill()
     assert server.process is not None and server.process.returncode == 2
+
+
+def test_a_chained_relay_continues_the_trace_into_the_next_server(tmp_path: Path) -> None:
+    """server A → client (target grpc://B, WebhookEventPush) → server B: one trace over both relays."""
+    repository = repository_of()
+    with RecordingTarget() as collector:
+        env = {**FAST_EXPORT, "OTEL_ENABLED": "true", "OTEL_PROTOCOL": "http", "OTEL_HOSTNAME": "127.0.0.1"}
+        env["OTEL_PORT"] = str(collector.port)
+        with (
+            running_server("--store", f"sqlite:///{tmp_path / 'a.db'}", env=env) as first,
+            running_server("--store", f"sqlite:///{tmp_path / 'b.db'}", env={**env, "OTEL_SERVICE_NAME": "b"}) as next_,
+            running_client(first, [repository], f"grpc://{next_.grpc_target}", "chain", env=env) as client,
+            httpx.Client() as http,
+        ):
+            client.wait_connected()
+            delivery_id = post_webhook(http, first)
+
+            def chain() -> list[ExportedSpan] | None:
+                spans = [s for s in exported_spans(collector) if s.name != "POST /v1/github/"]
+                ingests = [
+                    s for s in spans if s.name == "ingest" and s.attributes["gitstafette.delivery_id"] == delivery_id
+                ]
+                return spans if {s.service for s in ingests} == {"gitstafette-server", "b"} else None
+
+            spans = wait_until(chain, message="both servers' ingest spans")
+
+    trace_id = next(s.trace_id for s in spans if s.name == "ingest" and s.service == "gitstafette-server")
+    ours = {(s.service, s.name): s for s in spans if s.trace_id == trace_id}
+    deliver = ours[("gitstafette-client", "deliver")]
+    push_client = ours[("gitstafette-client", "/gitstafette.v1.Gitstafette/WebhookEventPush")]
+    push_server = ours[("b", "/gitstafette.v1.Gitstafette/WebhookEventPush")]
+    ingest_b = ours[("b", "ingest")]
+    assert push_client.parent_span_id == deliver.span_id and push_client.kind == SPAN_KIND_CLIENT
+    assert push_server.parent_span_id == push_client.span_id and push_server.kind == SPAN_KIND_SERVER
+    assert ingest_b.parent_span_id == push_server.span_id
+    assert ingest_b.attributes["gitstafette.outcome"] == "stored"

@@ -81,12 +81,12 @@ class _Lane:
         return known[1]
 
 
-def _end_delivery_span(span: tracing.Span, settlement: Settlement | None) -> None:
+def _end_delivery_span(span: tracing.Span, token: object, settlement: Settlement | None) -> None:
     if settlement is None:  # abandoned: shutdown, or its stream ended
-        tracing.end_delivery_span(span, None, 0, 0, "")
+        tracing.end_delivery_span(span, token, None, 0, 0, "")
     else:
         acknowledged, attempts = settlement.acknowledged, settlement.attempts
-        tracing.end_delivery_span(span, acknowledged, attempts, settlement.status_code, settlement.reason)
+        tracing.end_delivery_span(span, token, acknowledged, attempts, settlement.status_code, settlement.reason)
 
 
 def _status_label(settlement: Settlement) -> str:
@@ -146,6 +146,7 @@ class Client:
         if not config.insecure:
             client_credentials(config.tls)  # TLS files that cannot be used stop the client now (ConfigError)
         self._http = http = create_http_client(config)
+        self.telemetry.start()  # before the target: a grpc:// target's channel is instrumented while tracing
         target = create_target(config)
         if config.target_health_url:
             self._health = TargetHealth(config.target_health_url, config.target_health_display, http, self.metrics)
@@ -167,7 +168,6 @@ class Client:
                 *self.secrets.by_name.values(),
             ],
         )
-        self.telemetry.start()
         await self._start_health_port()
         if config.insecure:
             logger.warning(
@@ -289,14 +289,14 @@ class Client:
             lane.busy = True
             span = None
             if tracing.tracer is not None:
-                span = tracing.start_delivery_span(tracing.tracer, event, self.config.target_display)
+                span, token = tracing.start_delivery_span(tracing.tracer, event, self.config.target_display)
             settlement = None
             try:
                 settlement = await self._relay.deliver(event, self._stopping, stream.ended)
             finally:
                 lane.busy = False
                 if span is not None:
-                    _end_delivery_span(span, settlement)
+                    _end_delivery_span(span, token, settlement)
             if settlement is None:
                 continue  # shutting down, or its stream ended: unacknowledged, so the server sends it again
             lane.remember(event, settlement)

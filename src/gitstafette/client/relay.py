@@ -27,6 +27,7 @@ from gitstafette.client.retry import RetryPolicy, Verdict, parse_retry_after, ve
 from gitstafette.config import ClientConfig
 from gitstafette.constants import METADATA_AUTHORIZATION
 from gitstafette.model import WebhookEvent, event_to_pb
+from gitstafette.telemetry import tracing
 
 __all__ = [
     "Attempt",
@@ -199,10 +200,13 @@ class GrpcTarget(Target):
             ("grpc.max_send_message_length", config.grpc_max_message_bytes),
             ("grpc.max_receive_message_length", config.grpc_max_message_bytes),
         ]
+        # While tracing, each push gets a gRPC client span whose context the next server continues.
+        interceptors = tracing.grpc_client_interceptors() if tracing.tracer is not None else None
         if parts.scheme.lower() == "grpcs":
-            self.channel = grpc.aio.secure_channel(self.address, grpc.ssl_channel_credentials(), options=options)
+            credentials = grpc.ssl_channel_credentials()
+            self.channel = grpc.aio.secure_channel(self.address, credentials, options, interceptors=interceptors)
         else:
-            self.channel = grpc.aio.insecure_channel(self.address, options=options)
+            self.channel = grpc.aio.insecure_channel(self.address, options=options, interceptors=interceptors)
         self.stub = pb_grpc.GitstafetteStub(self.channel)  # type: ignore[no-untyped-call]
         #: the downstream server's token for this client, if it wants one
         token = config.target_token

@@ -218,7 +218,7 @@ class Server:
     def _create_grpc_server(self) -> grpc.aio.Server:
         size = self.config.grpc_max_message_bytes
         server = grpc.aio.server(
-            interceptors=[AuthInterceptor(self.auth)],
+            interceptors=[*self.telemetry.grpc_interceptors(), AuthInterceptor(self.auth)],
             options=[
                 ("grpc.max_send_message_length", size),
                 ("grpc.max_receive_message_length", size),

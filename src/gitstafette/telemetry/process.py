@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp
@@ -60,6 +61,10 @@ class Telemetry:
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
         return OpenTelemetryMiddleware(app, excluded_urls=UNTRACED_PATHS, exclude_spans=["receive", "send"])
+
+    def grpc_interceptors(self) -> list[Any]:
+        """OpenTelemetry's gRPC server interceptors (see :func:`tracing.grpc_server_interceptors`); none while off."""
+        return tracing.grpc_server_interceptors() if self.enabled else []
 
     async def aclose(self) -> None:
         """Export the last metrics and the spans still pending."""

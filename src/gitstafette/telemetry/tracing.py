@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, MutableMapping
+from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.context import Context
+from opentelemetry.context import Context, attach, detach
 from opentelemetry.propagate import extract, inject
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -36,6 +37,8 @@ __all__ = [
     "current_trace_context",
     "event_attributes",
     "end_delivery_span",
+    "grpc_client_interceptors",
+    "grpc_server_interceptors",
     "inject_into",
     "shutdown_tracing",
     "start_delivery_span",
@@ -128,16 +131,22 @@ def start_stream_span(active: Tracer, event: WebhookEvent, client_id: str, carri
     return span
 
 
-def start_delivery_span(active: Tracer, event: WebhookEvent, target: str) -> Span:
-    """The client's ``deliver`` span, continuing the trace the server sent with the event."""
+def start_delivery_span(active: Tracer, event: WebhookEvent, target: str) -> tuple[Span, object]:
+    """The client's ``deliver`` span, continuing the trace the server sent with the event; it is the
+    running task's current span until :func:`end_delivery_span` (so a ``grpc://`` target's call, made by
+    the instrumented channel, continues the trace into the next server). Returns the span and the token
+    that restores the context."""
     parent = context_of(event.trace_context) if event.trace_context else None
     span = active.start_span("deliver", context=parent, kind=SpanKind.CLIENT, attributes=event_attributes(event))
     span.set_attribute("server.address", target)
-    return span
+    return span, attach(trace.set_span_in_context(span))
 
 
-def end_delivery_span(span: Span, acknowledged: bool | None, attempts: int, status_code: int, reason: str) -> None:
+def end_delivery_span(
+    span: Span, token: object, acknowledged: bool | None, attempts: int, status_code: int, reason: str
+) -> None:
     """``acknowledged`` None: the delivery was abandoned (shutdown, or its stream ended)."""
+    detach(token)  # type: ignore[arg-type]
     outcome = "abandoned" if acknowledged is None else "delivered" if acknowledged else "dead-letter"
     span.set_attribute("gitstafette.outcome", outcome)
     span.set_attribute("gitstafette.attempts", attempts)
@@ -146,6 +155,22 @@ def end_delivery_span(span: Span, acknowledged: bool | None, attempts: int, stat
     if acknowledged is False:
         span.set_status(Status(StatusCode.ERROR, reason[:200]))
     span.end()
+
+
+def grpc_client_interceptors() -> list[Any]:
+    """OpenTelemetry's gRPC client interceptors (a span per call, the context sent in its metadata)."""
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+    return list(aio_client_interceptors())  # type: ignore[no-untyped-call]
+
+
+def grpc_server_interceptors() -> list[Any]:
+    """OpenTelemetry's gRPC server interceptor for ``WebhookEventPush`` (a chained relay's push continues
+    its caller's trace). The long-lived streams get no span of their own: each event has its ``stream``
+    span; health checks and reflection are not traced."""
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+
+    return [aio_server_interceptor(filter_=filters.method_name("WebhookEventPush"))]  # type: ignore[no-untyped-call]
 
 
 def trace_id_of(trace_context: Iterable[tuple[str, str]]) -> str:
