@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 from typing import Any
 
 import httpx
 
 from tests.client.utils import RecordingTarget, post_webhook, repository_of, running_client, wait_until
+from tests.observability import failing_store_server
 from tests.security.utils import new_secret, post_signed
 from tests.utils import running_server
 
 SENTRY_PROJECT = "42"
+FAILING_STORE_SERVER = [sys.executable, failing_store_server.__file__]
 
 
 def sentry_dsn(collector: RecordingTarget) -> str:
@@ -96,3 +99,26 @@ def test_a_dead_letter_is_one_sentry_event_from_the_client_without_token_or_body
     assert token.encode() not in raw
     assert b"Codertocat" not in raw and b'"ref"' not in raw
     assert b"sys.argv" not in raw
+
+
+def test_an_unexpected_exception_is_one_sentry_event_with_its_stack_and_no_body() -> None:
+    with RecordingTarget() as collector:
+        env = {"SENTRY_DSN": sentry_dsn(collector)}
+        with running_server("--store", "memory://", env=env, program=FAILING_STORE_SERVER) as server:
+            response, _ = post_signed(server, None)
+            assert response.status_code == 500
+            wait_until(lambda: len(collector.posts()) >= 1, message="the Sentry envelope")
+
+    sent = envelopes(collector)
+    assert len(sent) == 1, sent
+    raw, items = sent[0]
+    event = items[0][1]
+    assert event["level"] == "error"
+    assert event["tags"]["service"] == "gitstafette-server"
+    (exception,) = event["exception"]["values"]
+    assert exception["type"] == "RuntimeError"
+    assert exception["value"] == failing_store_server.INDUCED
+    frames = exception["stacktrace"]["frames"]
+    assert any(frame["function"] == "store_event" for frame in frames)
+    assert all("vars" not in frame for frame in frames)  # no local variables: they may hold a body or a secret
+    assert b"Codertocat" not in raw and b'"ref"' not in raw
