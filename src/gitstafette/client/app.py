@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 
 import httpx
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -117,8 +117,6 @@ class Client:
         self._http_server: EmbeddedHttpServer | None = None
         #: GitHub's webhook secrets: loaded at startup, checked before every delivery when there are any
         self.secrets = WebhookSecrets()
-        #: ``metrics.settled`` of "delivered", looked up once
-        self._delivered_counter: Counter | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -278,7 +276,7 @@ class Client:
                     event.delivery_id,
                     received.redelivery,
                 )
-                self.metrics.settled.labels("already-settled").inc()
+                self.metrics.settled("already-settled").inc()
                 self._settle(stream, event, earlier, not lane.queue.empty())
                 continue
             refused = self._check_signature(event)
@@ -313,7 +311,7 @@ class Client:
         )
         if problem is None:
             return None
-        self.metrics.settled.labels("bad-signature").inc()
+        self.metrics.settled("bad-signature").inc()
         self.metrics.dead_letters(event.repository_id).inc()
         reason = f"refused by the client, not delivered: {problem} (altered after GitHub signed it, or another secret)"
         report(f"event refused by the client: {problem}", "signature-failure", event, level="error")
@@ -330,10 +328,7 @@ class Client:
     def _record(self, event: WebhookEvent, settlement: Settlement) -> None:
         name = f"{event.repository_id}#{event.sequence}"
         if settlement.acknowledged:
-            delivered = self._delivered_counter
-            if delivered is None:  # created on the first delivery, as the series appeared before
-                delivered = self._delivered_counter = self.metrics.settled.labels("delivered")
-            delivered.inc()
+            self.metrics.settled("delivered").inc()
             self.metrics.deliveries(event.repository_id, "delivered", _status_label(settlement)).inc()
             lag_s = max(0.0, time.time() - event.received_at_ns / 1e9) if event.received_at_ns else None
             if lag_s is not None:
@@ -348,7 +343,7 @@ class Client:
                     f" {lag_s * 1000:.0f} ms after the server got it" if lag_s is not None else "",
                 )
         else:
-            self.metrics.settled.labels("dead-letter").inc()
+            self.metrics.settled("dead-letter").inc()
             self.metrics.deliveries(event.repository_id, "dead-letter", _status_label(settlement)).inc()
             self.metrics.dead_letters(event.repository_id).inc()
             logger.warning(

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import grpc
-from prometheus_client import Counter
 
 from gitstafette._proto import gitstafette_pb2 as pb
 from gitstafette._proto import gitstafette_pb2_grpc as pb_grpc
@@ -200,8 +199,6 @@ class Consumer:
         self.backoff = Backoff(config.reconnect_initial_delay_s, config.reconnect_max_delay_s)
         self._closing = asyncio.Event()
         self._stream_ids = 0
-        #: ``metrics.events_received`` per repository, looked up once each
-        self._received_counters: dict[str, Counter] = {}
         #: the token goes as metadata on every call: call credentials would be refused on an insecure channel
         self._metadata = (
             ((METADATA_AUTHORIZATION, f"Bearer {config.token.reveal()}"),) if config.token is not None else None
@@ -359,11 +356,7 @@ class Consumer:
                 relayed.redelivery,
                 ", replay" if relayed.replay else "",
             )
-        received = self._received_counters.get(relayed.repository_id)
-        if received is None:
-            received = self.metrics.events_received.labels(relayed.repository_id)
-            self._received_counters[relayed.repository_id] = received
-        received.inc()
+        self.metrics.events_received(relayed.repository_id).inc()
         self.on_event(Received(stream, event_from_relayed(relayed), relayed.redelivery, relayed.replay))
 
     def close(self) -> None:

@@ -20,18 +20,23 @@ class ClientMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
-        self.events_received = Counter(
-            "gitstafette_client_events_received",
-            "Events received from the server, by repository",
-            ["repository"],
-            registry=registry,
+        self.events_received = LabelChildren(
+            Counter(
+                "gitstafette_client_events_received",
+                "Events received from the server, by repository",
+                ["repository"],
+                registry=registry,
+            ),
+            kept=0,
         )
-        self.settled = Counter(
-            "gitstafette_client_events_settled",
-            "Events settled, by outcome: delivered, dead-letter, or already-settled (sent again by the server "
-            "and acknowledged without another delivery)",
-            ["outcome"],
-            registry=registry,
+        self.settled = LabelChildren(
+            Counter(
+                "gitstafette_client_events_settled",
+                "Events settled, by outcome: delivered, dead-letter, or already-settled (sent again by the server "
+                "and acknowledged without another delivery)",
+                ["outcome"],
+                registry=registry,
+            )
         )
         self.attempts = Counter(
             "gitstafette_client_delivery_attempts",
