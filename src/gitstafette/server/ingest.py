@@ -62,8 +62,7 @@ class Ingest:
             outcome = await self._store_event(event)
         else:
             outcome = await self._store_event_traced(event, tracing.tracer)
-        self.metrics.webhooks(event.repository_id, event.event_type, outcome.outcome).inc()
-        return outcome
+        return self.count(outcome, event.repository_id, event.event_type)
 
     async def _store_event_traced(self, event: WebhookEvent, tracer: tracing.Tracer) -> Outcome:
         """The ``ingest`` span (under the HTTP or gRPC server span, if any); the event keeps its context."""

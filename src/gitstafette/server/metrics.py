@@ -89,9 +89,6 @@ class ServerMetrics:
         Gauge("gitstafette_streams_connected", "Open acknowledged streams", registry=registry).set_function(streams)
         self.backlog = Backlog(store, registry, live_cursors)
 
-    def count_webhook(self, repository_id: str, event_type: str, outcome: str) -> None:
-        self.webhooks(repository_id, event_type, outcome).inc()
-
     def count_audit(self, client_id: str, repository_id: str, action: AuditAction) -> None:
         """An event sent to, acknowledged by, or failed by a client (the audit trail's records)."""
         self.by_action[action](repository_id, client_id).inc()
