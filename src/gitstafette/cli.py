@@ -6,8 +6,9 @@ import asyncio
 import os
 import socket
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -27,6 +28,7 @@ from gitstafette.config import (
 from gitstafette.events_cli import events_app
 from gitstafette.exceptions import ConfigError
 from gitstafette.logs import configure_logging
+from gitstafette.loops import event_loop_factory
 from gitstafette.telemetry.otel import OtelSettings
 
 __all__ = ["app", "main"]
@@ -58,6 +60,11 @@ LOG_FORMAT_HELP = (
     "a webhook), console (readable, for a terminal) or auto: console on a terminal, json otherwise."
 )
 LOG_FORMAT_OPTION = typer.Option(envvar="GITSTAFETTE_LOG_FORMAT", help=LOG_FORMAT_HELP)
+EVENT_LOOP_HELP = (
+    "auto (uvloop when it is installed, as it is with gitstafette; else asyncio's own), uvloop or asyncio. "
+    "uvloop takes about a fifth less CPU per event; asyncio is the fallback should uvloop misbehave."
+)
+EVENT_LOOP_OPTION = typer.Option(envvar="GITSTAFETTE_EVENT_LOOP", help=EVENT_LOOP_HELP)
 TLS_CERT_HELP = (
     "PEM certificate chain: both ports speak TLS with it (HTTPS and gRPC over TLS); give --tls-key too. "
     "Without it both ports are plaintext."
@@ -131,6 +138,17 @@ def _fail(error: ConfigError) -> typer.Exit:
     return typer.Exit(2)
 
 
+def _run(main: Coroutine[Any, Any, None], event_loop: str) -> None:
+    """Run ``main`` on the event loop ``--event-loop`` names (asyncio.Runner's documented loop_factory)."""
+    try:
+        factory = event_loop_factory(event_loop)
+    except ConfigError as exc:
+        main.close()
+        raise _fail(exc) from exc
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
+
+
 def _configure_logging(level: str, log_format: str = "auto") -> None:
     try:
         configure_logging(level, log_format)
@@ -159,6 +177,7 @@ def server(
     ] = "10s",
     log_level: Annotated[str, typer.Option(envvar="GITSTAFETTE_LOG_LEVEL", help=LOG_LEVEL_HELP)] = "info",
     log_format: Annotated[str, LOG_FORMAT_OPTION] = "auto",
+    event_loop: Annotated[str, EVENT_LOOP_OPTION] = "auto",
     otel: Annotated[bool, OTEL_OPTION] = False,
     sentry_dsn: Annotated[str, SENTRY_OPTION] = "",
     tls_cert: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_CERT", help=TLS_CERT_HELP)] = "",
@@ -225,7 +244,7 @@ def server(
         raise _fail(exc) from exc
     _configure_logging(log_level, log_format)
     try:
-        asyncio.run(Server(config).serve())
+        _run(Server(config).serve(), event_loop)
     except ConfigError as exc:  # certificate files that cannot be used
         raise _fail(exc) from exc
     except OSError as exc:
@@ -324,6 +343,7 @@ def client(
     ] = "10s",
     log_level: Annotated[str, typer.Option(envvar="GITSTAFETTE_LOG_LEVEL", help=LOG_LEVEL_HELP)] = "info",
     log_format: Annotated[str, LOG_FORMAT_OPTION] = "auto",
+    event_loop: Annotated[str, EVENT_LOOP_OPTION] = "auto",
     otel: Annotated[bool, OTEL_OPTION] = False,
     sentry_dsn: Annotated[str, SENTRY_OPTION] = "",
     token: Annotated[
@@ -378,7 +398,7 @@ def client(
     _configure_logging(log_level, log_format)
     runner = Client(config)
     try:
-        asyncio.run(runner.serve())
+        _run(runner.serve(), event_loop)
     except ConfigError as exc:  # TLS files that cannot be used
         raise _fail(exc) from exc
     except OSError as exc:

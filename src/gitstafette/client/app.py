@@ -38,6 +38,7 @@ from gitstafette.config import ClientConfig
 from gitstafette.constants import CLIENT_SERVICE_NAME, HEADER_SIGNATURE_256
 from gitstafette.github.signature import WebhookSecrets
 from gitstafette.logs import bind_event, unbind_event
+from gitstafette.loops import running_loop_name
 from gitstafette.model import WebhookEvent
 from gitstafette.secret_files import load_webhook_secrets
 from gitstafette.telemetry import tracing
@@ -178,7 +179,7 @@ class Client:
         self._consumer_task.add_done_callback(self._on_task_done)
         logger.info("OpenTelemetry: %s", config.otel.describe())
         logger.info(
-            "gitstafette client %s (%s) listening: health=%s:%d servers=%s repositories=%s target=%s",
+            "gitstafette client %s (%s) listening: health=%s:%d servers=%s repositories=%s target=%s loop=%s",
             config.client_id,
             __version__,
             config.health_host,
@@ -186,6 +187,7 @@ class Client:
             ",".join(config.servers),
             ",".join(config.repositories),
             config.target_display,
+            running_loop_name(),
         )
 
     async def _start_health_port(self) -> None:

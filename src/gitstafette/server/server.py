@@ -26,6 +26,7 @@ from gitstafette._signals import handling_signals
 from gitstafette.config import ServerConfig
 from gitstafette.constants import SERVER_SERVICE_NAME
 from gitstafette.exceptions import ConfigError, StoreError
+from gitstafette.loops import running_loop_name
 from gitstafette.secret_files import load_webhook_secrets
 from gitstafette.server.audit import AuditLog
 from gitstafette.server.auth import Authenticator, AuthInterceptor
@@ -184,7 +185,7 @@ class Server:
             logger.warning("watching every repository: set --repositories to accept only yours")
         logger.info("OpenTelemetry: %s", config.otel.describe())
         logger.info(
-            "gitstafette server %s listening: http=%s:%d grpc=%s:%d store=%s repositories=%s",
+            "gitstafette server %s listening: http=%s:%d grpc=%s:%d store=%s repositories=%s loop=%s",
             config.server_id,
             config.host,
             self.http_port,
@@ -192,6 +193,7 @@ class Server:
             self.grpc_port,
             self.store.url,
             config.repositories,
+            running_loop_name(),
         )
 
     def _warn_about_security(self) -> None:
