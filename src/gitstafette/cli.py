@@ -61,8 +61,8 @@ LOG_FORMAT_HELP = (
 )
 LOG_FORMAT_OPTION = typer.Option(envvar="GITSTAFETTE_LOG_FORMAT", help=LOG_FORMAT_HELP)
 EVENT_LOOP_HELP = (
-    "auto (uvloop when it is installed, as it is with gitstafette; else asyncio's own), uvloop or asyncio. "
-    "uvloop takes about a fifth less CPU per event; asyncio is the fallback should uvloop misbehave."
+    "auto (uvloop when it is installed, as it is with gitstafette; else asyncio's own), uvloop or asyncio, "
+    "the fallback should uvloop misbehave."
 )
 EVENT_LOOP_OPTION = typer.Option(envvar="GITSTAFETTE_EVENT_LOOP", help=EVENT_LOOP_HELP)
 TLS_CERT_HELP = (
