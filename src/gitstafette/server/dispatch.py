@@ -271,12 +271,13 @@ class Lane:
     async def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                logger.exception("lane %s/%s failed", self.group.client_id, self.repository_id)
+            # asyncio.wait, not ``await self.task``: the lane's CancelledError is its own, and only a
+            # cancellation of the task stopping it may come out of here.
+            await asyncio.wait([self.task])
+            if not self.task.cancelled() and self.task.exception() is not None:
+                logger.error(
+                    "lane %s/%s failed", self.group.client_id, self.repository_id, exc_info=self.task.exception()
+                )
         if self._persisting is not None:
             await asyncio.shield(self._persisting)
 
@@ -411,8 +412,8 @@ class Dispatcher:
         for lane in lanes:
             group.holders.pop(lane.repository_id, None)
         connection.lanes.clear()
-        for lane in lanes:
-            await lane.stop()
+        # Shielded: a cancellation of the caller (the server stopping) goes on, but leaves no lane running.
+        await asyncio.shield(asyncio.gather(*(lane.stop() for lane in lanes)))
         unacknowledged = sum(len(lane.inflight) for lane in lanes)
         logger.info(
             "client %s: connection %d left with %d unacknowledged events (%d connections remain)",

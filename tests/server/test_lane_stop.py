@@ -1,0 +1,53 @@
+"""Lane.stop ends its lane's task; a cancellation of whoever awaits it goes on past it."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from gitstafette.server.dispatch import Lane
+
+
+def _lane(task_body: Any) -> Lane:
+    lane = Lane(SimpleNamespace(client_id="c"), SimpleNamespace(id=1), "537845873")  # type: ignore[arg-type]
+    lane.task = asyncio.create_task(task_body())
+    return lane
+
+
+async def test_stop_cancels_the_lane_and_returns() -> None:
+    ran = asyncio.Event()
+
+    async def serve() -> None:
+        ran.set()
+        await asyncio.sleep(3600)
+
+    lane = _lane(serve)
+    await ran.wait()
+    await lane.stop()
+    assert lane.task is not None and lane.task.cancelled()
+
+
+async def test_a_cancellation_of_the_caller_is_not_swallowed() -> None:
+    winding_down = asyncio.Event()
+    release = asyncio.Event()
+
+    async def serve() -> None:  # a lane that takes a moment to wind down once cancelled
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            winding_down.set()
+            await release.wait()
+            raise
+
+    lane = _lane(serve)
+    await asyncio.sleep(0)
+    stopping = asyncio.create_task(lane.stop())
+    await winding_down.wait()
+    stopping.cancel()  # e.g. the server shutting down while a connection leaves
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    assert stopping.cancelled()
