@@ -38,12 +38,12 @@ class _GatedConnection(sqlite3.Connection):
     def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
         if sql == "COMMIT" and self.in_transaction:
             gate = type(self).gate
-            if gate.fail_next:
-                gate.fail_next = False
-                raise sqlite3.OperationalError("disk I/O error (induced by the test)")
             if gate.closed:
                 gate.waiting.set()
                 gate.opened.wait(10)
+            if gate.fail_next:
+                gate.fail_next = False
+                raise sqlite3.OperationalError("disk I/O error (induced by the test)")
         return super().execute(sql, *args)
 
 
@@ -103,6 +103,21 @@ async def test_an_event_is_streamable_before_its_commit_and_readable_after(store
     result = await appending
     assert result.created and result.event.sequence == 1
     assert [e.delivery_id for e in await store.read_after(REPO_A, 0)] == ["d-1"]
+
+
+async def test_a_copy_sent_again_while_the_first_is_stored_gets_its_sequence(store: SQLiteStore, gate: _Gate) -> None:
+    gate.closed = True
+    first = asyncio.create_task(store.append(event("d-1")))
+    await _wait_until_streamable(store, 0)
+    again = asyncio.create_task(store.append(event("d-1")))  # GitHub's redelivery, or a retry of the sender
+    await asyncio.sleep(0.05)
+    assert not again.done(), "the copy must wait for the first one's commit, not be taken for new"
+    gate.opened.set()
+    stored, repeated = await first, await again
+    assert stored.created and stored.event.sequence == 1
+    assert not repeated.created and repeated.event.sequence == 1
+    assert await _read_all(store.read_after) == [(1, "d-1")]
+    assert store.streamable.latest(REPO_A) == 1
 
 
 async def test_a_failed_commit_never_gives_its_sequence_again(store: SQLiteStore, gate: _Gate) -> None:
