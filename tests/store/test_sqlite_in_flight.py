@@ -10,6 +10,7 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ async def test_an_event_is_streamable_before_its_commit_and_readable_after(store
     gate.closed = True
     appending = asyncio.create_task(store.append(event("d-1")))
     await _wait_until_streamable(store, 0)
-    # The writer hands the event over just before it commits: the COMMIT may start a moment later.
+    # The event is streamable before the writer even inserts it: the COMMIT starts a moment later.
     assert await asyncio.to_thread(gate.waiting.wait, 10), "the commit never started"
 
     streamed = await store.read_streamable_after(REPO_A, 0)
@@ -103,6 +104,51 @@ async def test_an_event_is_streamable_before_its_commit_and_readable_after(store
     result = await appending
     assert result.created and result.event.sequence == 1
     assert [e.delivery_id for e in await store.read_after(REPO_A, 0)] == ["d-1"]
+
+
+@contextmanager
+def _writer_held(store: SQLiteStore) -> Iterator[None]:
+    """Keep the writer thread busy (a queued write that waits) until the block ends."""
+    release = threading.Event()
+    started = threading.Event()
+
+    def hold(_: sqlite3.Connection) -> None:
+        started.set()
+        release.wait(10)
+
+    store._queue(hold)
+    assert started.wait(10), "the writer never took the holding write"
+    try:
+        yield
+    finally:
+        release.set()
+
+
+async def test_an_event_is_streamable_before_the_writer_inserts_it(store: SQLiteStore) -> None:
+    with _writer_held(store):
+        appending = asyncio.create_task(store.append(event("d-1")))
+        await _wait_until_streamable(store, 0)
+        assert [e.delivery_id for e in await store.read_streamable_after(REPO_A, 0)] == ["d-1"]
+        assert await store.read_after(REPO_A, 0) == []
+        assert not appending.done()
+    assert (await appending).event.sequence == 1
+    assert [e.delivery_id for e in await store.read_after(REPO_A, 0)] == ["d-1"]
+
+
+async def test_a_copy_waiting_on_a_failed_commit_fails_too(store: SQLiteStore, gate: _Gate) -> None:
+    gate.closed = True
+    first = asyncio.create_task(store.append(event("d-1")))
+    assert await asyncio.to_thread(gate.waiting.wait, 10), "the commit never started"
+    again = asyncio.create_task(store.append(event("d-1")))
+    await asyncio.sleep(0.01)
+    gate.fail_next = True  # the commit with the first copy's insert fails
+    gate.opened.set()
+    for appending in (first, again):
+        with pytest.raises(StoreError):
+            await appending  # both get a 503: GitHub sends the delivery again
+    result = await store.append(event("d-1"))
+    assert result.created and result.event.sequence == 2, "the lost #1 stays unused"
+    assert await _read_all(store.read_streamable_after) == [(2, "d-1")]
 
 
 async def test_a_copy_sent_again_while_the_first_is_stored_gets_its_sequence(store: SQLiteStore, gate: _Gate) -> None:

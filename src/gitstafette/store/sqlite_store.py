@@ -5,11 +5,15 @@ commit): under load a single fsync makes a whole group of webhooks durable, and 
 after the commit that holds its event, so a 201 is never sent for an event a crash could lose.
 Reads use their own connections (WAL lets them run beside the writer).
 
-The acknowledged stream does not wait for that fsync: a new event is handed to it as soon as it has its
-sequence, while its commit is in flight (``read_streamable_after``), so the delivery to the target
-overlaps the disk's flush. What keeps that safe: a sequence is never given twice while the store runs
-(one whose commit failed stays unused), and a cursor is never stored beyond the repository's committed
-events, so an event streamed and then lost in a crash cannot make its successor look acknowledged.
+The acknowledged stream waits for neither the insert nor the fsync: ``append`` gives the event its
+sequence in the event loop, hands it to the streams (``read_streamable_after``) and only then queues its
+insert, so the delivery to the target overlaps the writer's work and the disk's flush. Whether a delivery
+is stored already is answered by a Bloom filter of the stored deliveries, which never misses one, so only
+a possible repeat (about 1 in 100 new deliveries, and the real repeats) costs a lookup in the file.
+
+What keeps streaming before the commit safe: a sequence is never given twice while the store runs (one
+whose commit failed stays unused), and a cursor is never stored beyond the repository's committed events,
+so an event streamed and then lost in a crash cannot make its successor look acknowledged.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ import queue
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+from rbloom import Bloom
 
 from gitstafette.exceptions import StoreError, StoreUnavailable
 from gitstafette.model import AuditRecord, DeadLetter, RepositoryState, WebhookEvent
@@ -42,6 +48,9 @@ T = TypeVar("T")
 MAX_GROUP = 512
 #: The WAL is copied into the database by a thread of its own this often, not inside a webhook's commit.
 CHECKPOINT_INTERVAL_S = 0.5
+#: The filter of stored deliveries: rebuilt from the file once it took more than its capacity
+DELIVERIES_MIN_CAPACITY = 1_000_000
+DELIVERIES_FALSE_POSITIVES = 0.01
 #: Recently stored events kept in memory, so an open stream gets a new event without reading it back.
 RECENT_EVENTS = 4096
 RECENT_BYTES = 32 * 1024 * 1024
@@ -150,6 +159,44 @@ class _RecentEvents:
             self._bytes -= len(self._events.pop(key).body)
 
 
+class _StoredDeliveries:
+    """The (repository, delivery id) pairs that may be stored: a Bloom filter, which never misses one that is.
+
+    A pruned event stays in it (a false positive costs one lookup) until it is rebuilt from the file, which
+    ``SQLiteStore`` does once it took more than its capacity.
+    """
+
+    def __init__(self, keys: Iterable[tuple[str, str]], count: int) -> None:
+        self.capacity = max(DELIVERIES_MIN_CAPACITY, 2 * count)
+        self._bloom = Bloom(self.capacity, DELIVERIES_FALSE_POSITIVES)
+        self._bloom.update(keys)
+        self.count = count
+        #: while a rebuild reads the file: what was added since it began
+        self.recorded: list[tuple[str, str]] | None = None
+
+    @classmethod
+    def read(cls, connection: sqlite3.Connection) -> _StoredDeliveries:
+        (count,) = connection.execute("SELECT COUNT(*) FROM events").fetchone()
+        return cls(connection.execute("SELECT repository_id, delivery_id FROM events"), count)
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._bloom
+
+    def add(self, key: tuple[str, str]) -> None:
+        self._bloom.add(key)
+        self.count += 1
+        if self.recorded is not None:
+            self.recorded.append(key)
+
+    def update(self, keys: Iterable[tuple[str, str]]) -> None:
+        for key in keys:
+            self.add(key)
+
+    @property
+    def full(self) -> bool:
+        return self.count > self.capacity
+
+
 def _row_to_event(row: tuple[Any, ...]) -> WebhookEvent:
     repository_id, sequence, delivery_id, event_type, name, received_at_ns, headers, body = row
     return WebhookEvent(
@@ -167,19 +214,27 @@ def _row_to_event(row: tuple[Any, ...]) -> WebhookEvent:
 class _Write:
     """One queued write: a function of the writer's connection, and where its result goes."""
 
-    __slots__ = ("durable", "function", "future", "loop")
+    __slots__ = ("durable", "function", "future", "loop", "on_settled")
 
     def __init__(
-        self, function: Callable[[sqlite3.Connection], Any], loop: asyncio.AbstractEventLoop, durable: bool
+        self,
+        function: Callable[[sqlite3.Connection], Any],
+        loop: asyncio.AbstractEventLoop,
+        durable: bool,
+        on_settled: Callable[[bool], None] | None = None,
     ) -> None:
         self.function = function
         self.loop = loop
         #: False for writes a crash may lose (a cursor: the events are just sent again)
         self.durable = durable
+        #: told whether the write was committed, also when nobody awaits the future any more
+        self.on_settled = on_settled
         self.future: asyncio.Future[Any] = loop.create_future()
 
     def settle(self, result: Any, error: BaseException | None) -> None:
         """Runs in the event loop."""
+        if self.on_settled is not None:
+            self.on_settled(error is None)
         if self.future.done():
             return
         if error is not None:
@@ -223,8 +278,15 @@ class SQLiteStore(EventStore):
         self.streamable = SequenceNotifier()
         self._checkpointer: threading.Thread | None = None
         self._closing = threading.Event()
-        # Owned by the writer thread once it runs.
+        # Owned by the event loop: sequences are given there, before the writer inserts the events.
         self._last_sequence: dict[str, int] = {}
+        #: the appends whose commit is in flight, by (repository, delivery id): a copy of one sent again
+        #: meanwhile waits for it instead of being stored twice
+        self._storing: dict[tuple[str, str], tuple[WebhookEvent, asyncio.Future[Any]]] = {}
+        #: the event loop's own connection, for the delivery-id lookup of ``append`` (an indexed read)
+        self._lookup: sqlite3.Connection | None = None
+        self._deliveries = _StoredDeliveries((), 0)
+        self._rebuilding: asyncio.Task[None] | None = None
         self._synchronous_full = True
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -238,6 +300,7 @@ class SQLiteStore(EventStore):
             raise StoreUnavailable(f"cannot open SQLite store {self.path}: {exc}") from exc
         rows = connection.execute("SELECT repository_id, last_sequence FROM repositories").fetchall()
         self._last_sequence = {repository_id: last for repository_id, last in rows}
+        self._deliveries = _StoredDeliveries.read(connection)
         for repository_id, last in rows:
             self.notifier.advance(repository_id, last)
             self.streamable.advance(repository_id, last)
@@ -249,6 +312,7 @@ class SQLiteStore(EventStore):
             target=self._write_loop, args=(connection,), name="gitstafette-sqlite-write", daemon=True
         )
         self._writer.start()
+        self._lookup = _connect(self.path)
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, name="gitstafette-sqlite-checkpoint", daemon=True
         )
@@ -256,6 +320,10 @@ class SQLiteStore(EventStore):
         logger.info("SQLite store %s open (%d repositories)", self.path, len(rows))
 
     async def aclose(self) -> None:
+        if self._rebuilding is not None:
+            self._rebuilding.cancel()
+            await asyncio.wait([self._rebuilding])
+            self._rebuilding = None
         if self._writer is not None:
             self._writes.put(None)
             await asyncio.to_thread(self._writer.join)
@@ -265,6 +333,9 @@ class SQLiteStore(EventStore):
             await asyncio.to_thread(self._checkpointer.join)
             self._checkpointer = None
         self._readers.shutdown(wait=True)
+        if self._lookup is not None:
+            self._lookup.close()
+            self._lookup = None
 
     def _checkpoint_loop(self) -> None:
         connection = _connect(self.path)
@@ -320,59 +391,41 @@ class SQLiteStore(EventStore):
             connection.execute("BEGIN IMMEDIATE")
             for write in group:
                 results.append(write.function(connection))
-            # The new events go to the acknowledged streams now; the fsync below runs meanwhile.
-            appended = self._in_flight(group, results)
-            for loop, events in appended.items():
-                _call_in(loop, functools.partial(self._stream_early, events))
             connection.execute("COMMIT")
         except Exception as exc:  # the writer thread must survive any failure of one group
             logger.error("SQLite commit of %d writes failed: %s", len(group), exc)
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
-            # The sequences this group gave stay used (self._last_sequence keeps them): an event may have
-            # been streamed under one already, so a later event must not come under the same number.
-            for loop, events in self._in_flight(group, results).items():
-                _call_in(loop, functools.partial(self._recent.discard, events))
             _settle_all(group, [None] * len(group), StoreError(f"SQLite write failed: {exc}"))
             return
         _settle_all(group, results, None)
 
-    @staticmethod
-    def _in_flight(group: list[_Write], results: list[Any]) -> dict[asyncio.AbstractEventLoop, list[WebhookEvent]]:
-        """The events this group's appends created, by the event loop that waits for them."""
-        appended: dict[asyncio.AbstractEventLoop, list[WebhookEvent]] = {}
-        for write, result in zip(group, results, strict=False):  # shorter when a write failed
-            if isinstance(result, AppendResult) and result.created:
-                appended.setdefault(write.loop, []).append(result.event)
-        return appended
-
-    def _stream_early(self, events: list[WebhookEvent]) -> None:
-        """Runs in the event loop: hand events whose commit is in flight to the acknowledged streams."""
-        for event in events:
-            self._recent.add(event)
-            self.streamable.advance(event.repository_id, event.sequence)
-
-    async def _write(self, function: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
+    def _queue(
+        self,
+        function: Callable[[sqlite3.Connection], Any],
+        durable: bool = True,
+        on_settled: Callable[[bool], None] | None = None,
+    ) -> _Write:
         if self._writer is None:
             raise StoreUnavailable("SQLite store is not open")
-        write = _Write(function, asyncio.get_running_loop(), durable)
+        write = _Write(function, asyncio.get_running_loop(), durable, on_settled)
         self._writes.put(write)
-        result: T = await write.future
+        return write
+
+    async def _write(self, function: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
+        result: T = await self._queue(function, durable).future
         return result
 
-    def _append_in_writer(self, connection: sqlite3.Connection, event: WebhookEvent) -> AppendResult:
-        existing = connection.execute(
-            "SELECT sequence FROM events WHERE repository_id = ? AND delivery_id = ?",
-            (event.repository_id, event.delivery_id),
-        ).fetchone()
-        if existing is not None:
-            return AppendResult(event.with_sequence(existing[0]), created=False)
-        sequence = self._last_sequence.get(event.repository_id, 0) + 1
-        connection.execute(
-            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    @staticmethod
+    def _insert_in_writer(connection: sqlite3.Connection, event: WebhookEvent) -> int | None:
+        """Insert the event; if its delivery is stored already (which ``append`` rules out), that copy's
+        sequence, and nothing is written."""
+        inserted = connection.execute(
+            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (repository_id, delivery_id) DO NOTHING",
             (
                 event.repository_id,
-                sequence,
+                event.sequence,
                 event.delivery_id,
                 event.event_type,
                 event.repository_name,
@@ -381,22 +434,87 @@ class SQLiteStore(EventStore):
                 event.body,
             ),
         )
+        if inserted.rowcount == 0:
+            (existing,) = connection.execute(
+                "SELECT sequence FROM events WHERE repository_id = ? AND delivery_id = ?",
+                (event.repository_id, event.delivery_id),
+            ).fetchone()
+            return int(existing)
         connection.execute(
             "INSERT INTO repositories (repository_id, repository_name, last_sequence) VALUES (?, ?, ?) "
             "ON CONFLICT (repository_id) DO UPDATE SET last_sequence = excluded.last_sequence, "
             "repository_name = CASE WHEN excluded.repository_name = '' THEN repository_name "
             "ELSE excluded.repository_name END",
-            (event.repository_id, event.repository_name, sequence),
+            (event.repository_id, event.repository_name, event.sequence),
         )
-        self._last_sequence[event.repository_id] = sequence
-        return AppendResult(event.with_sequence(sequence), created=True)
+        return None
+
+    def _stored_sequence(self, event: WebhookEvent) -> int | None:
+        """The sequence a committed copy of this delivery has (an indexed read in the event loop)."""
+        if self._lookup is None:
+            raise StoreUnavailable("SQLite store is not open")
+        try:
+            row = self._lookup.execute(
+                "SELECT sequence FROM events WHERE repository_id = ? AND delivery_id = ?",
+                (event.repository_id, event.delivery_id),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite lookup failed: {exc}") from exc
+        return None if row is None else int(row[0])
 
     async def append(self, event: WebhookEvent) -> AppendResult:
-        result = await self._write(lambda c: self._append_in_writer(c, event))
-        if result.created:
-            # Already held and streamable: _stream_early ran before this (the writer hands both over in order).
-            self.notifier.advance(event.repository_id, result.event.sequence)
-        return result
+        key = (event.repository_id, event.delivery_id)
+        storing = self._storing.get(key)
+        if storing is not None:  # sent again while its first copy is being stored: that one's sequence
+            first, committed = storing
+            await asyncio.shield(committed)
+            return AppendResult(first, created=False)
+        if key in self._deliveries:  # perhaps stored already: the file says
+            existing = self._stored_sequence(event)
+            if existing is not None:
+                return AppendResult(event.with_sequence(existing), created=False)
+        sequence = self._last_sequence.get(event.repository_id, 0) + 1
+        stored = event.with_sequence(sequence)
+
+        def settled(committed: bool) -> None:  # in the event loop, before the appending task resumes
+            del self._storing[key]
+            if committed:
+                self.notifier.advance(stored.repository_id, stored.sequence)
+            else:
+                self._recent.discard([stored])  # lost: the streams read the committed events instead
+
+        write = self._queue(functools.partial(self._insert_in_writer, event=stored), on_settled=settled)
+        # Never given again in this process, even if its commit fails: it may have been streamed already.
+        self._last_sequence[event.repository_id] = sequence
+        self._storing[key] = (stored, write.future)
+        self._deliveries.add(key)
+        if self._deliveries.full and self._rebuilding is None:
+            self._rebuilding = asyncio.create_task(self._rebuild_deliveries(), name="sqlite deliveries filter")
+        # To the acknowledged streams now; the writer inserts and commits it meanwhile.
+        self._recent.add(stored)
+        self.streamable.advance(event.repository_id, sequence)
+        existing = await write.future
+        if existing is not None:  # cannot happen while the filter holds every stored delivery
+            self._recent.discard([stored])
+            logger.error("delivery %s was stored already as #%d; #%d stays unused", key, existing, sequence)
+            return AppendResult(event.with_sequence(existing), created=False)
+        return AppendResult(stored, created=True)
+
+    async def _rebuild_deliveries(self) -> None:
+        """Read the filter of stored deliveries afresh (pruned ones leave it), while appends go on."""
+        current = self._deliveries
+        # What the read may not see: the deliveries in flight now, and those added from now on.
+        current.recorded = list(self._storing)
+        try:
+            fresh = await self._read(_StoredDeliveries.read)
+            fresh.update(current.recorded)
+            self._deliveries = fresh
+            logger.info("filter of stored deliveries rebuilt: %d deliveries, room for %d", fresh.count, fresh.capacity)
+        except Exception:
+            logger.exception("cannot rebuild the filter of stored deliveries; it stays as it is")
+        finally:
+            current.recorded = None
+            self._rebuilding = None
 
     async def set_cursor(self, client_id: str, repository_id: str, sequence: int) -> None:
         def write(connection: sqlite3.Connection) -> None:
