@@ -317,7 +317,7 @@ class SQLiteStore(EventStore):
             target=self._checkpoint_loop, name="gitstafette-sqlite-checkpoint", daemon=True
         )
         self._checkpointer.start()
-        logger.info("SQLite store %s open (%d repositories)", self.path, len(rows))
+        logger.info("SQLite store %s open (%d repositories, %d events)", self.path, len(rows), self._deliveries.count)
 
     async def aclose(self) -> None:
         if self._rebuilding is not None:
