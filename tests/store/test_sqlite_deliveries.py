@@ -79,6 +79,7 @@ async def test_a_delivery_stored_before_a_restart_is_found_after_it(tmp_path: Pa
         await first.append(event("d-2"))
     async with SQLiteStore(path) as second:
         assert isinstance(second, SQLiteStore)
+        assert (REPO_A, "d-1") in second._deliveries, "read from the file at startup"
         repeat = await second.append(event("d-1"))
         assert not repeat.created and repeat.event.sequence == 1
         assert (await second.append(event("d-3"))).event.sequence == 3
