@@ -8,11 +8,13 @@ from typing import Any
 
 import pytest
 
-from gitstafette.server.dispatch import Lane
+from gitstafette.server.dispatch import Dispatcher, Lane
+from gitstafette.store.memory import MemoryStore
 
 
 def _lane(task_body: Any) -> Lane:
-    lane = Lane(SimpleNamespace(client_id="c"), SimpleNamespace(id=1), "537845873")  # type: ignore[arg-type]
+    group = SimpleNamespace(client_id="c", dispatcher=Dispatcher(MemoryStore()))
+    lane = Lane(group, SimpleNamespace(id=1), "537845873")  # type: ignore[arg-type]
     lane.task = asyncio.create_task(task_body())
     return lane
 

@@ -199,3 +199,7 @@ async def test_a_cursor_is_never_stored_beyond_the_committed_events(store: SQLit
     assert await store.get_cursor("ci", REPO_A) == 2
     await store.set_cursor("new-client", "no-events-yet", 3)
     assert await store.get_cursor("new-client", "no-events-yet") == 0
+    # The same for the cursors of many client ids written together.
+    await store.set_cursors({("ci", REPO_A): 5, ("other", REPO_A): 9, ("other", "no-events-yet"): 1})
+    assert [await store.get_cursor(c, REPO_A) for c in ("ci", "other")] == [2, 2]
+    assert await store.get_cursor("other", "no-events-yet") == 0

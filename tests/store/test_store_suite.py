@@ -184,6 +184,23 @@ async def test_cursor_is_none_until_set_and_never_moves_back(store: EventStore) 
     assert (await store.get_cursor("ci", REPO_A), await store.get_cursor("other", REPO_A)) == (5, 2)
 
 
+async def test_many_cursors_set_at_once_each_never_move_back(store: EventStore) -> None:
+    for i in range(1, 6):
+        await store.append(event(f"a{i}"))
+        await store.append(event(f"b{i}", REPO_B))
+    await store.set_cursor("ci", REPO_A, 4)
+
+    # The dispatcher's acknowledgements of many client ids and repositories, gathered into one call.
+    await store.set_cursors({("ci", REPO_A): 2, ("ci", REPO_B): 3, ("other", REPO_A): 5, ("new", "42"): 0})
+    await store.set_cursors({})
+    cursors = [await store.get_cursor(c, r) for c, r in [("ci", REPO_A), ("ci", REPO_B), ("other", REPO_A)]]
+    assert cursors == [4, 3, 5]
+    assert await store.get_cursor("other", REPO_B) is None
+    # A subscription to a repository without events yet is known afterwards, as with set_cursor.
+    assert await store.get_cursor("new", "42") == 0
+    assert "42" in {state.repository_id for state in await store.repositories()}
+
+
 async def test_start_cursor(store: EventStore) -> None:
     # A repository with nothing stored: a new client waits for the first event.
     assert await store.start_cursor("new", REPO_A) == 0

@@ -71,8 +71,6 @@ class Lane:
         self.holding = False
         self.room = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        self._persisting: asyncio.Task[None] | None = None
-        self._persist_again = False
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._hold(), name=f"lane {self.group.client_id}/{self.repository_id}")
@@ -238,7 +236,7 @@ class Lane:
             cursor = first_sequence
         if cursor is not None:
             self.group.cursors[self.repository_id] = cursor
-            self._persist()
+            self.group.dispatcher.cursor_writer.put(self.group.client_id, self.repository_id, cursor)
         self.room.set()
         self.release_if_handed_off()
         return True
@@ -246,27 +244,6 @@ class Lane:
     def release_if_handed_off(self) -> None:
         if self.handing_off and self.idle:
             self.group.release(self)
-
-    def _persist(self) -> None:
-        """Write the cursor to the store, coalescing: at most one write in flight per lane."""
-        if self._persisting is not None and not self._persisting.done():
-            self._persist_again = True
-            return
-        self._persisting = asyncio.create_task(self._persist_loop())
-
-    async def _persist_loop(self) -> None:
-        store = self.group.dispatcher.store
-        while True:
-            self._persist_again = False
-            cursor = self.group.cursors[self.repository_id]
-            try:
-                await store.set_cursor(self.group.client_id, self.repository_id, cursor)
-            except Exception:
-                logger.exception(
-                    "client %s: cannot save cursor %d of %s", self.group.client_id, cursor, self.repository_id
-                )
-            if not self._persist_again:
-                return
 
     async def stop(self) -> None:
         if self.task is not None:
@@ -278,8 +255,54 @@ class Lane:
                 logger.error(
                     "lane %s/%s failed", self.group.client_id, self.repository_id, exc_info=self.task.exception()
                 )
-        if self._persisting is not None:
-            await asyncio.shield(self._persisting)
+        await self.group.dispatcher.cursor_writer.flush()
+
+
+class _CursorWriter:
+    """Writes the cursors that acknowledgements moved to the store, behind the streams: whatever moved while
+    one write was in flight goes in the next, in one :meth:`EventStore.set_cursors` call for every client id
+    and repository (a fan-out to many client ids acknowledged at once costs one store write, not one each)."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        #: (client id, repository) → cursor, moved since the write in flight began
+        self._moved: dict[tuple[str, str], int] = {}
+        #: done once the write of ``_moved`` is done; None while nothing moved
+        self._next: asyncio.Future[None] | None = None
+        #: done once the write in flight is done
+        self._writing: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def put(self, client_id: str, repository_id: str, cursor: int) -> None:
+        self._moved[(client_id, repository_id)] = cursor
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="cursor writer")
+
+    async def _run(self) -> None:
+        try:
+            while self._next is not None:
+                moved, self._moved = self._moved, {}
+                self._writing, self._next = self._next, None
+                try:
+                    await self.store.set_cursors(moved)
+                except Exception:
+                    logger.exception("cannot save %d cursors, e.g. %s", len(moved), next(iter(moved.items())))
+                finally:
+                    self._writing.set_result(None)
+                    self._writing = None
+        finally:
+            self._task = None
+
+    async def flush(self) -> None:
+        """Wait until every cursor put so far is written (or failed to be)."""
+        pending = self._next or self._writing
+        if pending is not None:
+            await asyncio.shield(pending)
+
+    def __repr__(self) -> str:
+        return f"_CursorWriter(moved={len(self._moved)}, writing={self._writing is not None})"
 
 
 class Connection:
@@ -371,6 +394,7 @@ class Dispatcher:
         self.window = window
         self.window_bytes = window_bytes
         self._groups: dict[str, _Group] = {}
+        self.cursor_writer = _CursorWriter(store)
         #: replays that other replicas were asked for, being sent here
         self._replaying: set[asyncio.Task[None]] = set()
         store.on_replays(self._replays_requested)

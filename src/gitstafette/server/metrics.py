@@ -28,7 +28,7 @@ logger = logging.getLogger("gitstafette.server.metrics")
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 #: store operations whose latency is measured: the ones on the way of every event
-STORE_OPERATIONS = ("append", "read_after", "set_cursor", "add_audit", "add_dead_letter")
+STORE_OPERATIONS = ("append", "read_after", "set_cursor", "set_cursors", "add_audit", "add_dead_letter")
 _STORE_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5, 10)
 
 

@@ -291,7 +291,8 @@ class Server:
         self.store.streamable.close()
         if self._grpc is not None:
             await self._grpc.stop(grace)
-        # 3. Pending writes are committed (the last audit records too), then the store is closed.
+        # 3. Pending writes are committed (the last cursors and audit records too), then the store is closed.
+        await self.dispatcher.cursor_writer.flush()
         await self.audit.flush()
         await self.telemetry.aclose()  # the last metrics (the backlog reads the store) and pending spans
         await self.store.aclose()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import NamedTuple
 
@@ -159,6 +159,12 @@ class EventStore(ABC):
     @abstractmethod
     async def set_cursor(self, client_id: str, repository_id: str, sequence: int) -> None:
         """Record that ``client_id`` is done with every event up to ``sequence`` (never moves back)."""
+
+    async def set_cursors(self, cursors: Mapping[tuple[str, str], int]) -> None:
+        """:meth:`set_cursor` for many (client id, repository) → sequence at once; a backend that can writes
+        them together (the dispatcher gathers the acknowledgements of all its streams into one call)."""
+        for (client_id, repository_id), sequence in cursors.items():
+            await self.set_cursor(client_id, repository_id, sequence)
 
     @abstractmethod
     async def add_dead_letter(self, letter: DeadLetter) -> None:

@@ -35,7 +35,7 @@ import os
 import socket
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import astuple
 from typing import Any, cast
 
@@ -574,6 +574,20 @@ class RedisStore(EventStore):
                 args=[client_id, sequence, repository_id],
                 client=self._client_or_raise(),
             )
+
+    async def set_cursors(self, cursors: Mapping[tuple[str, str], int]) -> None:
+        if not cursors:
+            return
+        with self._mapped("recording acknowledgements"):
+            # One round trip for all of them; each stays atomic (a script), the batch need not be.
+            async with self._client_or_raise().pipeline(transaction=False) as pipe:
+                for (client_id, repository_id), sequence in cursors.items():
+                    await self._set_cursor_script(
+                        keys=[self.keys.cursors(repository_id), self.keys.repositories],
+                        args=[client_id, sequence, repository_id],
+                        client=pipe,
+                    )
+                await pipe.execute()
 
     async def start_cursor(self, client_id: str, repository_id: str) -> int:
         # From Redis, not from the notifier: another replica's append may not have been noticed here yet.

@@ -26,7 +26,7 @@ import queue
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple
 from pathlib import Path
@@ -517,20 +517,30 @@ class SQLiteStore(EventStore):
             self._rebuilding = None
 
     async def set_cursor(self, client_id: str, repository_id: str, sequence: int) -> None:
+        await self.set_cursors({(client_id, repository_id): sequence})
+
+    async def set_cursors(self, cursors: Mapping[tuple[str, str], int]) -> None:
+        rows = [
+            (client_id, repository_id, sequence, repository_id)
+            for (client_id, repository_id), sequence in cursors.items()
+        ]
+        repositories = [(repository_id,) for repository_id in {repository_id for _, repository_id in cursors}]
+
         def write(connection: sqlite3.Connection) -> None:
             # Never beyond the committed events: an acknowledgement of an event streamed before its commit
             # may come before a failed commit, or travel in a later group than the crash lets through.
-            connection.execute(
+            connection.executemany(
                 "INSERT INTO cursors (client_id, repository_id, sequence) VALUES (?, ?, "
                 "MIN(?, COALESCE((SELECT last_sequence FROM repositories WHERE repository_id = ?), 0))) "
                 "ON CONFLICT (client_id, repository_id) DO UPDATE SET sequence = MAX(sequence, excluded.sequence)",
-                (client_id, repository_id, sequence, repository_id),
+                rows,
             )
-            connection.execute(
-                "INSERT INTO repositories (repository_id) VALUES (?) ON CONFLICT DO NOTHING", (repository_id,)
+            connection.executemany(
+                "INSERT INTO repositories (repository_id) VALUES (?) ON CONFLICT DO NOTHING", repositories
             )
 
-        await self._write(write, durable=False)
+        if rows:
+            await self._write(write, durable=False)
 
     async def add_dead_letter(self, letter: DeadLetter) -> None:
         def write(connection: sqlite3.Connection) -> None:
