@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import httpx
@@ -10,6 +11,7 @@ import pytest
 from gitstafette.exceptions import ConfigError
 from gitstafette.telemetry.otel import OtelSettings
 from tests.client.utils import RecordingTarget, post_webhook, repository_of, running_client, wait_until
+from tests.grpc_clients import AckStream
 from tests.observability.utils import ExportedSpan, exported_spans, exported_sums, json_lines
 from tests.utils import running_server
 
@@ -198,3 +200,39 @@ def test_a_chained_relay_continues_the_trace_into_the_next_server(tmp_path: Path
     assert push_server.parent_span_id == push_client.span_id and push_server.kind == SPAN_KIND_SERVER
     assert ingest_b.parent_span_id == push_server.span_id
     assert ingest_b.attributes["gitstafette.outcome"] == "stored"
+
+
+async def test_each_stream_of_a_fanned_out_event_carries_its_own_span(tmp_path: Path) -> None:
+    """The event's message is built once for every stream, its trace context is not: each client id's copy
+    names that client's own ``stream`` span, in the webhook's trace."""
+    with RecordingTarget() as collector:
+        env = {**FAST_EXPORT, "OTEL_ENABLED": "true", "OTEL_PROTOCOL": "http", "OTEL_HOSTNAME": "127.0.0.1"}
+        env["OTEL_PORT"] = str(collector.port)
+        with running_server("--store", f"sqlite:///{tmp_path / 'events.db'}", env=env) as server:
+            repository = repository_of()
+            client_ids = ["jenkins", "tekton", "argo"]
+            async with contextlib.AsyncExitStack() as stack:
+                streams = [
+                    await stack.enter_async_context(AckStream(server.grpc_target, c, [repository])) for c in client_ids
+                ]
+                with httpx.Client() as http:
+                    delivery_id = post_webhook(http, server)
+                events = [await stream.next_event() for stream in streams]
+            parents = {}
+            for client_id, event in zip(client_ids, events, strict=True):
+                assert event is not None and event.webhook_event.event_id == delivery_id
+                _, trace_id, span_id, _ = event.trace_context["traceparent"].split("-")
+                parents[client_id] = (trace_id, span_id)
+
+            def stream_spans() -> dict[str, ExportedSpan] | None:
+                spans = {
+                    s.attributes["gitstafette.client_id"]: s
+                    for s in exported_spans(collector)
+                    if s.name == "stream" and s.attributes.get("gitstafette.delivery_id") == delivery_id
+                }
+                return spans if len(spans) == len(client_ids) else None
+
+            spans = wait_until(stream_spans, message="a stream span per client id")
+    assert len({trace_id for trace_id, _ in parents.values()}) == 1
+    assert len({span_id for _, span_id in parents.values()}) == len(client_ids)
+    assert {c: (s.trace_id, s.span_id) for c, s in spans.items()} == parents

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
@@ -38,6 +39,11 @@ logger = logging.getLogger("gitstafette.server.grpc")
 BATCH_MAX_EVENTS = 64
 BATCH_MAX_BYTES = 1024 * 1024
 
+#: Protobuf messages of the newest events kept, so that an event fanned out to many streams is converted once:
+#: at most this many, and this many body bytes (at least the newest one is kept).
+MESSAGE_CACHE_EVENTS = 64
+MESSAGE_CACHE_BYTES = 16 * 1024 * 1024
+
 
 def _fit_one_message(events: list[WebhookEvent], max_body_bytes: int) -> list[WebhookEvent]:
     """The first events whose bodies add up to at most ``max_body_bytes`` (always at least one).
@@ -51,6 +57,38 @@ def _fit_one_message(events: list[WebhookEvent], max_body_bytes: int) -> list[We
         if count and total > max_body_bytes:
             return events[:count]
     return events
+
+
+class _EventMessages:
+    """``event_to_pb`` once per event, not once per stream: the message of a recent event is built for the first
+    stream it goes to and shared by the others. It is never changed once built (protobuf copies it into each
+    stream's own message, whose per-stream fields are set there).
+
+    Keyed by (repository, sequence, delivery id), not by the event object: a store may hand each stream a copy
+    of its own.
+    """
+
+    def __init__(self, max_events: int = MESSAGE_CACHE_EVENTS, max_bytes: int = MESSAGE_CACHE_BYTES) -> None:
+        self._messages: OrderedDict[tuple[str, int, str], tuple[pb.WebhookEvent, int]] = OrderedDict()
+        self._bytes = 0
+        self._max_events = max_events
+        self._max_bytes = max_bytes
+
+    def get(self, event: WebhookEvent) -> pb.WebhookEvent:
+        key = (event.repository_id, event.sequence, event.delivery_id)
+        cached = self._messages.get(key)
+        if cached is not None:
+            return cached[0]
+        message = event_to_pb(event)
+        self._messages[key] = (message, len(event.body))
+        self._bytes += len(event.body)
+        while len(self._messages) > 1 and (len(self._messages) > self._max_events or self._bytes > self._max_bytes):
+            _, (_, size) = self._messages.popitem(last=False)
+            self._bytes -= size
+        return message
+
+    def __repr__(self) -> str:
+        return f"_EventMessages(events={len(self._messages)}, bytes={self._bytes})"
 
 
 class GitstafetteService(pb_grpc.GitstafetteServicer):
@@ -73,6 +111,7 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
         self.dispatcher = dispatcher
         self.auth = auth
         self.audit = audit
+        self._messages = _EventMessages()
 
     async def _authorize(
         self, grant: Grant, spec: str, context: grpc.aio.ServicerContext, body_name: str = ""
@@ -209,7 +248,7 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
             if events:
                 for event in events:
                     self.audit.record(client_id, repository_id, event.sequence, "sent")
-                yield pb.WebhookEventsResponse(webhook_events=[event_to_pb(e) for e in events])
+                yield pb.WebhookEventsResponse(webhook_events=[self._messages.get(e) for e in events])
                 after = unsaved = events[-1].sequence
                 last_sent = time.monotonic()
                 continue
@@ -413,7 +452,7 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
         relayed = pb.RelayedEvent(
             repository_id=event.repository_id,
             sequence=event.sequence,
-            webhook_event=event_to_pb(event),
+            webhook_event=self._messages.get(event),
             received_at_unix_nanos=event.received_at_ns,
             redelivery=redelivery,
             replay=replay,
