@@ -391,7 +391,9 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
                         item = connection.outbox.get_nowait()
                     except asyncio.QueueEmpty:
                         try:
-                            item = await asyncio.wait_for(connection.outbox.get(), heartbeat_s)
+                            # A timeout, not wait_for: wait_for makes a task of its own for every message.
+                            async with asyncio.timeout(heartbeat_s):
+                                item = await connection.outbox.get()
                         except TimeoutError:
                             yield pb.StreamResponse(heartbeat=pb.Heartbeat(server_time_unix_nanos=time.time_ns()))
                             continue
