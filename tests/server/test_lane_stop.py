@@ -53,3 +53,37 @@ async def test_a_cancellation_of_the_caller_is_not_swallowed() -> None:
     with pytest.raises(asyncio.CancelledError):
         await stopping
     assert stopping.cancelled()
+
+
+async def test_a_leaving_connection_hands_its_repositories_over_even_when_its_handler_is_cancelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = MemoryStore()
+    await store.open()
+    dispatcher = Dispatcher(store)
+    leaving = dispatcher.connect("ci", ["537845873"])
+    staying = dispatcher.connect("ci", ["537845873"])
+    assert leaving.serving() == ["537845873"] and staying.serving() == []
+
+    stop = Lane.stop
+    stopping = asyncio.Event()
+
+    async def slow_stop(lane: Lane) -> None:  # a lane that takes a moment to stop (its last cursor write)
+        stopping.set()
+        await asyncio.sleep(0.05)
+        await stop(lane)
+
+    monkeypatch.setattr(Lane, "stop", slow_stop)
+    handler = asyncio.create_task(dispatcher.disconnect(leaving))
+    await stopping.wait()
+    handler.cancel()  # gRPC cancels the stream's handler while it disconnects
+    with pytest.raises(asyncio.CancelledError):
+        await handler
+    for _ in range(100):
+        if staying.serving() == ["537845873"]:
+            break
+        await asyncio.sleep(0.01)
+    assert staying.serving() == ["537845873"], "the other connection of the client id never took over"
+    for lane in staying.lanes.values():
+        await lane.stop()
+    await store.aclose()

@@ -397,6 +397,8 @@ class Dispatcher:
         self.cursor_writer = _CursorWriter(store)
         #: replays that other replicas were asked for, being sent here
         self._replaying: set[asyncio.Task[None]] = set()
+        #: connections that left, still stopping their lanes (see disconnect)
+        self._disconnecting: set[asyncio.Future[None]] = set()
         store.on_replays(self._replays_requested)
 
     def connect(self, client_id: str, repository_ids: list[str]) -> Connection:
@@ -428,6 +430,20 @@ class Dispatcher:
         group.rebalance()
 
     async def disconnect(self, connection: Connection) -> None:
+        """The connection left: stop its lanes and give its repositories to the other connections of its client
+        id. Runs to the end also when the caller is cancelled (gRPC cancels the handler of a stream its client
+        cancelled, maybe while this runs): that cancellation goes on, the hand-over is not skipped."""
+        task = asyncio.ensure_future(self._disconnect(connection))
+        self._disconnecting.add(task)
+        task.add_done_callback(self._disconnecting.discard)
+        await asyncio.shield(task)
+
+    async def wait_disconnected(self) -> None:
+        """Until the connections that left are done handing over (server shutdown: before the last writes)."""
+        if self._disconnecting:
+            await asyncio.gather(*self._disconnecting, return_exceptions=True)
+
+    async def _disconnect(self, connection: Connection) -> None:
         group = self._groups.get(connection.client_id)
         if group is None or connection not in group.connections:
             return
@@ -436,8 +452,7 @@ class Dispatcher:
         for lane in lanes:
             group.holders.pop(lane.repository_id, None)
         connection.lanes.clear()
-        # Shielded: a cancellation of the caller (the server stopping) goes on, but leaves no lane running.
-        await asyncio.shield(asyncio.gather(*(lane.stop() for lane in lanes)))
+        await asyncio.gather(*(lane.stop() for lane in lanes))
         unacknowledged = sum(len(lane.inflight) for lane in lanes)
         logger.info(
             "client %s: connection %d left with %d unacknowledged events (%d connections remain)",

@@ -302,6 +302,7 @@ class Server:
         if self._grpc is not None:
             await self._grpc.stop(grace)
         # 3. Pending writes are committed (the last cursors and audit records too), then the store is closed.
+        await self.dispatcher.wait_disconnected()
         await self.dispatcher.cursor_writer.flush()
         await self.audit.flush()
         await self.telemetry.aclose()  # the last metrics (the backlog reads the store) and pending spans
