@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from gitstafette.config import ServerConfig, StoreConfig
-from gitstafette.server.server import GC_THRESHOLD, Server
+from gitstafette.loops import GC_THRESHOLD
+from gitstafette.server.server import Server
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import signal
 import time
@@ -38,7 +39,7 @@ from gitstafette.config import ClientConfig
 from gitstafette.constants import CLIENT_SERVICE_NAME, HEADER_SIGNATURE_256
 from gitstafette.github.signature import WebhookSecrets
 from gitstafette.logs import bind_event, unbind_event
-from gitstafette.loops import running_loop_name
+from gitstafette.loops import raise_gc_threshold, running_loop_name
 from gitstafette.model import WebhookEvent
 from gitstafette.secret_files import load_webhook_secrets
 from gitstafette.telemetry import tracing
@@ -115,6 +116,8 @@ class Client:
         self._relay: Relay | None = None
         self._health: TargetHealth | None = None
         self._consumer_task: asyncio.Task[None] | None = None
+        #: the garbage collector's thresholds before startup, put back at shutdown (see loops.GC_THRESHOLD)
+        self._gc_threshold: tuple[int, int, int] | None = None
         self._http_server: EmbeddedHttpServer | None = None
         #: GitHub's webhook secrets: loaded at startup, checked before every delivery when there are any
         self.secrets = WebhookSecrets()
@@ -145,6 +148,7 @@ class Client:
         if not config.insecure:
             client_credentials(config.tls)  # TLS files that cannot be used stop the client now (ConfigError)
         self._http = http = create_http_client(config)
+        self._gc_threshold = raise_gc_threshold()
         self.telemetry.start()  # before the target: a grpc:// target's channel is instrumented while tracing
         target = create_target(config)
         if config.target_health_url:
@@ -417,4 +421,6 @@ class Client:
             await self._http_server.stop()
         await self.telemetry.aclose()
         await asyncio.to_thread(stop_sentry)
+        if self._gc_threshold is not None:
+            gc.set_threshold(*self._gc_threshold)
         logger.info("gitstafette client stopped")

@@ -27,7 +27,7 @@ from gitstafette._signals import handling_signals
 from gitstafette.config import ServerConfig
 from gitstafette.constants import SERVER_SERVICE_NAME
 from gitstafette.exceptions import ConfigError, StoreError
-from gitstafette.loops import running_loop_name
+from gitstafette.loops import raise_gc_threshold, running_loop_name
 from gitstafette.secret_files import load_webhook_secrets
 from gitstafette.server.audit import AuditLog
 from gitstafette.server.auth import Authenticator, AuthInterceptor
@@ -51,11 +51,6 @@ HEALTH_INTERVAL_S = 5.0
 UNHEALTHY_INTERVAL_S = 0.5
 #: How often old events are pruned.
 PRUNE_INTERVAL_S = 60.0
-#: The garbage collector's first threshold while the server runs (Python's default: 700 allocations). An event
-#: fanned out to many streams leaves much that lives for a moment (messages, acknowledgements, audit records):
-#: at 700, 1,000 streams made about 16 collections per event, some of the whole heap, ~18 % of the server's CPU
-#: (bench/streams.py). Objects that do not form cycles are freed at once whatever the threshold.
-GC_THRESHOLD = 20_000
 
 _SERVICE_NAMES = (
     gitstafette_pb2.DESCRIPTOR.services_by_name["Gitstafette"].full_name,
@@ -92,7 +87,7 @@ class Server:
         self._grpc: grpc.aio.Server | None = None
         #: the certificate both listeners present, watched for renewal; None: plaintext
         self.tls: ServerTls | None = None
-        #: the garbage collector's thresholds before startup, put back at shutdown (see GC_THRESHOLD)
+        #: the garbage collector's thresholds before startup, put back at shutdown (see loops.GC_THRESHOLD)
         self._gc_threshold: tuple[int, int, int] | None = None
         self._info = InfoService(config)
 
@@ -145,8 +140,7 @@ class Server:
             ],
         )
         self.telemetry.start()
-        self._gc_threshold = gc.get_threshold()
-        gc.set_threshold(GC_THRESHOLD, *self._gc_threshold[1:])
+        self._gc_threshold = raise_gc_threshold()
         await self.store.open()
         self._grpc = self._create_grpc_server()
         address = f"{config.host}:{config.grpc_port}"
