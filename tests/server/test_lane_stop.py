@@ -1,15 +1,19 @@
-"""Lane.stop ends its lane's task; a cancellation of whoever awaits it goes on past it."""
+"""Lane.stop ends its lane's task; a cancellation of whoever awaits it goes on past it; a connection that leaves
+hands its repositories over, and gives each lease up only once its acknowledgements are stored."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from gitstafette.server.dispatch import Dispatcher, Lane
+from gitstafette.store import Lease
 from gitstafette.store.memory import MemoryStore
+from tests.store.test_store_suite import REPO_A, event
 
 
 def _lane(task_body: Any) -> Lane:
@@ -86,4 +90,48 @@ async def test_a_leaving_connection_hands_its_repositories_over_even_when_its_ha
     assert staying.serving() == ["537845873"], "the other connection of the client id never took over"
     for lane in staying.lanes.values():
         await lane.stop()
+    await store.aclose()
+
+
+class _RecordingStore(MemoryStore):
+    """A store whose cursor writes wait on a gate, and which records when cursors and leases reach it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[object] = []
+        self.gate = asyncio.Event()
+
+    def lease(self, client_id: str, repository_id: str, holder: str) -> Lease:
+        store = self
+
+        class Recorded(Lease):
+            async def release(self) -> None:
+                store.log.append("lease released")
+
+        return Recorded(client_id, repository_id, holder)
+
+    async def set_cursors(self, cursors: Mapping[tuple[str, str], int]) -> None:
+        await self.gate.wait()
+        await super().set_cursors(cursors)
+        self.log.append(dict(cursors))
+
+
+async def test_a_lane_gives_its_lease_up_only_once_its_acknowledgements_are_stored() -> None:
+    store = _RecordingStore()
+    await store.open()
+    dispatcher = Dispatcher(store)
+    await store.append(event("d-1", REPO_A))
+    connection = dispatcher.connect("ci", [REPO_A])
+    while not isinstance(item := await asyncio.wait_for(connection.outbox.get(), 5), tuple):
+        pass  # the assignment announcement comes first
+    assert item[0].sequence == 1
+    assert await dispatcher.settle(connection, REPO_A, 1)  # its cursor write now waits on the gate
+
+    leaving = asyncio.create_task(dispatcher.disconnect(connection))
+    await asyncio.sleep(0.05)
+    assert store.log == [], "the lease went before the acknowledgement: the next holder would send #1 again"
+    store.gate.set()
+    await asyncio.wait_for(leaving, 5)
+    assert store.log == [{("ci", REPO_A): 1}, "lease released"]
+    assert await store.get_cursor("ci", REPO_A) == 1
     await store.aclose()

@@ -98,7 +98,7 @@ class Lane:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 # Also when cancelled: the next holder need not wait for the lease to expire.
-                await asyncio.shield(lease.release())
+                await asyncio.shield(self._release(lease))
             if not lease.lost.is_set():
                 tasks[0].result()  # the store closed, or what broke the lane
                 return
@@ -108,6 +108,12 @@ class Lane:
                 self.connection.id,
                 self.repository_id,
             )
+
+    async def _release(self, lease: Lease) -> None:
+        """Give the lease up once the acknowledgements so far are in the store: the next holder (on another
+        replica perhaps) starts after them, instead of sending them again."""
+        await self.group.dispatcher.cursor_writer.flush()
+        await lease.release()
 
     def _forget_sent(self) -> None:
         """Another holder served the repository meanwhile: what this lane sent is not its own to settle any
