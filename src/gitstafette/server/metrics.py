@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -99,16 +100,24 @@ class ServerMetrics:
             setattr(store, name, _timed(getattr(store, name), self.store_seconds.labels(name)))
 
 
+#: set while a timed store operation runs: one it calls (``set_cursor`` → ``set_cursors``) is not counted again
+_in_store_operation: ContextVar[bool] = ContextVar("gitstafette_in_store_operation", default=False)
+
+
 def _timed(method: Callable[..., Awaitable[Any]], histogram: Histogram) -> Callable[..., Awaitable[Any]]:
     observe = histogram.observe
     clock = time.perf_counter
 
     async def timed(*args: Any, **kwargs: Any) -> Any:
+        if _in_store_operation.get():
+            return await method(*args, **kwargs)
+        token = _in_store_operation.set(True)
         started = clock()
         try:
             return await method(*args, **kwargs)
         finally:
             observe(clock() - started)
+            _in_store_operation.reset(token)
 
     return timed
 
