@@ -568,12 +568,7 @@ class RedisStore(EventStore):
         return None if value is None else int(value)
 
     async def set_cursor(self, client_id: str, repository_id: str, sequence: int) -> None:
-        with self._mapped("recording an acknowledgement"):
-            await self._set_cursor_script(
-                keys=[self.keys.cursors(repository_id), self.keys.repositories],
-                args=[client_id, sequence, repository_id],
-                client=self._client_or_raise(),
-            )
+        await self.set_cursors({(client_id, repository_id): sequence})
 
     async def set_cursors(self, cursors: Mapping[tuple[str, str], int]) -> None:
         if not cursors:
