@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,3 +33,12 @@ def target() -> Iterator[RecordingTarget]:
     """A webhook target that records every request; tests set what it answers."""
     with RecordingTarget() as recording:
         yield recording
+
+
+@pytest.fixture
+def default_gc_thresholds() -> Iterator[tuple[int, int, int]]:
+    """Python's default garbage collector thresholds for the test, whatever they were; put back afterwards."""
+    before = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    yield gc.get_threshold()
+    gc.set_threshold(*before)

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
-
-import pytest
 
 from gitstafette.client.app import Client
 from gitstafette.config import ClientConfig
 from gitstafette.loops import GC_THRESHOLD
 
 
-@pytest.fixture
-def default_thresholds() -> Iterator[tuple[int, int, int]]:
-    before = gc.get_threshold()
-    gc.set_threshold(700, 10, 10)
-    yield gc.get_threshold()
-    gc.set_threshold(*before)
-
-
-async def test_the_threshold_is_raised_while_running_and_put_back(default_thresholds: tuple[int, int, int]) -> None:
+async def test_the_threshold_is_raised_while_running_and_put_back(default_gc_thresholds: tuple[int, int, int]) -> None:
     config = ClientConfig(
         repositories=("537845873",),
         target="http://127.0.0.1:9/hook",
@@ -35,4 +24,4 @@ async def test_the_threshold_is_raised_while_running_and_put_back(default_thresh
         assert gc.get_threshold() == (GC_THRESHOLD, 10, 10)
     finally:
         await client.shutdown()
-    assert gc.get_threshold() == default_thresholds
+    assert gc.get_threshold() == default_gc_thresholds

@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
-
-import pytest
 
 from gitstafette.config import ServerConfig, StoreConfig
 from gitstafette.loops import GC_THRESHOLD
 from gitstafette.server.server import Server
 
 
-@pytest.fixture
-def default_thresholds() -> Iterator[tuple[int, int, int]]:
-    before = gc.get_threshold()
-    gc.set_threshold(700, 10, 10)
-    yield gc.get_threshold()
-    gc.set_threshold(*before)
-
-
-async def test_the_threshold_is_raised_while_serving_and_put_back(default_thresholds: tuple[int, int, int]) -> None:
+async def test_the_threshold_is_raised_while_serving_and_put_back(default_gc_thresholds: tuple[int, int, int]) -> None:
     server = Server(ServerConfig(host="127.0.0.1", http_port=0, grpc_port=0, store=StoreConfig("memory")))
     try:
         await server.startup()
         assert gc.get_threshold() == (GC_THRESHOLD, 10, 10)
     finally:
         await server.shutdown()
-    assert gc.get_threshold() == default_thresholds
+    assert gc.get_threshold() == default_gc_thresholds
