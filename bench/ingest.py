@@ -1295,15 +1295,20 @@ def _raise_on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _save(args: argparse.Namespace, report: dict[str, Any], stamp: str) -> None:
+def write_report(report: dict[str, Any], results: Path, name: str, save: bool = True) -> None:
+    """Print the report as one JSON line; with ``save``, also write it (indented) to ``results/name``."""
     print(json.dumps(report, separators=(",", ":")))
-    if args.no_save:
+    if not save:
         return
-    args.results.mkdir(parents=True, exist_ok=True)
-    store = report.get("config", {}).get("store", "x").split(":")[0].strip("(") or "x"
-    out = args.results / f"ingest-{store}-{stamp}.json"
+    results.mkdir(parents=True, exist_ok=True)
+    out = results / name
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}", file=sys.stderr)
+
+
+def _save(args: argparse.Namespace, report: dict[str, Any], stamp: str) -> None:
+    store = report.get("config", {}).get("store", "x").split(":")[0].strip("(") or "x"
+    write_report(report, args.results, f"ingest-{store}-{stamp}.json", not args.no_save)
 
 
 def main(argv: list[str] | None = None) -> int:

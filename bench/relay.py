@@ -72,6 +72,7 @@ from ingest import (  # noqa: E402
     self_cpu,
     server_counters,
     wait_quiet,
+    write_report,
 )
 
 GOAL_LATENCY_P50_MS = 1.0
@@ -1367,12 +1368,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, tail in (report.get("logs_tail") or {}).items():
             if tail.strip():
                 print(f"{name} log (last lines):\n{tail}", file=sys.stderr)
-    print(json.dumps(report, separators=(",", ":")))
-    if not args.no_save:
-        args.results.mkdir(parents=True, exist_ok=True)
-        out = args.results / f"relay-{_store_name(report)}-{stamp}.json"
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"written: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}", file=sys.stderr)
+    write_report(report, args.results, f"relay-{_store_name(report)}-{stamp}.json", not args.no_save)
     return exit_code
 
 

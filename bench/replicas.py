@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import shutil
 import signal
 import subprocess
@@ -57,6 +56,7 @@ from ingest import (  # noqa: E402
     proc_cpu,
     run_senders,
     system_cpu,
+    write_report,
 )
 
 GOAL_TWO_REPLICAS_PER_S = 2500.0
@@ -364,12 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(report)
     if report.get("error"):
         print(f"ERROR: {report['error']}", file=sys.stderr)
-    print(json.dumps(report, separators=(",", ":")))
-    if not args.no_save:
-        args.results.mkdir(parents=True, exist_ok=True)
-        out = args.results / f"replicas-{stamp}.json"
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"written: {out.relative_to(ROOT)}", file=sys.stderr)
+    write_report(report, args.results, f"replicas-{stamp}.json", not args.no_save)
     return exit_code
 
 
