@@ -31,6 +31,8 @@ class SequenceNotifier:
         self._latest: dict[str, int] = {}
         self._events: dict[str, asyncio.Event] = {}
         self._any = asyncio.Event()
+        #: how many times any repository's sequence grew: what :meth:`wait_any` compares with
+        self._changes = 0
         self.closed = False
 
     def close(self) -> None:
@@ -51,6 +53,7 @@ class SequenceNotifier:
         event = self._events.pop(repository_id, None)
         if event is not None:
             event.set()
+        self._changes += 1
         self._any.set()
         self._any = asyncio.Event()
 
@@ -69,15 +72,23 @@ class SequenceNotifier:
                 break
         return self._latest.get(repository_id, 0) > sequence
 
-    async def wait_any(self, timeout: float | None) -> bool:
-        """Wait until any repository gets an event; False on timeout."""
+    def changes(self) -> int:
+        """A mark to give :meth:`wait_any`: taken *before* reading the store, so that an event stored while the
+        read is under way wakes the wait that follows it instead of being missed by both."""
+        return self._changes
+
+    async def wait_any(self, timeout: float | None, since: int | None = None) -> bool:
+        """Wait until any repository gets an event (after the mark ``since`` of :meth:`changes`, at once if
+        one came since it was taken); False on timeout or once closed."""
         if self.closed:
             return False
+        if since is not None and self._changes != since:
+            return True
         try:
             await asyncio.wait_for(self._any.wait(), timeout)
         except TimeoutError:
             return False
-        return True
+        return not self.closed
 
 
 class Lease:
@@ -226,12 +237,18 @@ class EventStore(ABC):
         return None
 
     async def start_cursor(self, client_id: str, repository_id: str) -> int:
-        """Where a client id resumes: after its cursor, or before the oldest retained event when new."""
+        """Where a client id resumes: after its cursor, or before the oldest retained event when new.
+
+        A new client id of a repository with no retained events starts after the sequence the notifier had
+        *before* the store was read: an event committed while the reads are under way is then after the
+        start, and read. (Taken after the reads, it could be that event's own sequence: never sent.)
+        """
+        latest = self.notifier.latest(repository_id)
         cursor = await self.get_cursor(client_id, repository_id)
         if cursor is not None:
             return cursor
         state = await self.repository(repository_id)
-        return state.first_sequence - 1 if state and state.event_count else self.notifier.latest(repository_id)
+        return state.first_sequence - 1 if state and state.event_count else latest
 
     def on_replays(self, listener: Callable[[str, str], None]) -> None:  # noqa: B027 (in-process stores: nothing)
         """Call ``listener(client id, repository id)`` when another server process sharing this store was asked
