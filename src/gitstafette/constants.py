@@ -22,6 +22,8 @@ __all__ = [
     "MIN_REDIS_LEASE_TTL_MS",
     "DEFAULT_SQLITE_PATH",
     "GRPC_MESSAGE_OVERHEAD_BYTES",
+    "GRPC_MAX_PENDING_STREAMS",
+    "GRPC_MAX_PENDING_STREAMS_HARD_LIMIT",
     "HEADER_DELIVERY",
     "HEADER_EVENT",
     "HEADER_HOOK_ID",
@@ -75,6 +77,12 @@ CLIENT_SERVICE_NAME = "gitstafette-client"
 DEFAULT_MAX_BODY_BYTES = 25 * 1024 * 1024
 #: Room for headers and framing around the body in one gRPC message.
 GRPC_MESSAGE_OVERHEAD_BYTES = 1024 * 1024
+#: New RPCs that gRPC's core holds until the server's event loop takes them up. Past the first number it
+#: cancels some at random, past the second every one (grpc's own defaults: 1,000 and 3,000), which a burst of
+#: clients connecting at once (a server restart with thousands of streams) reaches: they all would see
+#: CANCELLED and come back later. An RPC waiting here costs a few KiB.
+GRPC_MAX_PENDING_STREAMS = 20_000
+GRPC_MAX_PENDING_STREAMS_HARD_LIMIT = 40_000
 
 DEFAULT_SQLITE_PATH = "gitstafette.db"
 DEFAULT_REDIS_PORT = 6379

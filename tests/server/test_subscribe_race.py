@@ -15,7 +15,6 @@ by owner/name, which the server resolves once that repository's first event is s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,11 +27,12 @@ import pytest
 
 from gitstafette._proto import gitstafette_pb2 as pb
 from gitstafette._proto import gitstafette_pb2_grpc as pb_grpc
-from gitstafette.config import ServerConfig, StoreConfig
+from gitstafette.config import StoreConfig
 from gitstafette.model import WebhookEvent
 from gitstafette.server.server import Server
 from gitstafette.store import EventStore, create_store
 from tests.grpc_clients import OPTIONS, AckStream
+from tests.in_process import in_process_server
 from tests.redis_utils import SERVER_TESTS_DB, delete_prefix, redis_url, require_redis
 from tests.utils import FIXTURES, github_request, running_server
 
@@ -142,28 +142,17 @@ class Interleaver:
             self._pending = None
 
 
-@contextlib.asynccontextmanager
-async def in_process_server(url: str) -> AsyncIterator[tuple[Server, Interleaver]]:
-    store = create_store(StoreConfig.from_url(url))
-    interleaver = Interleaver(store)
-    config = ServerConfig(host="127.0.0.1", http_port=0, grpc_port=0, store=StoreConfig.from_url(url), heartbeat_s=0.2)
-    server = Server(config, store=store)
-    await server.startup()
-    try:
-        yield server, interleaver
-    finally:
-        await server.shutdown()
-
-
 @pytest.fixture(params=list(STORES))
 async def served(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Server, Interleaver]]:
     url = STORES[request.param](tmp_path)
     if request.param == "redis":
         require_redis(url)
         delete_prefix(url)
+    store = create_store(StoreConfig.from_url(url))
+    interleaver = Interleaver(store)  # before the server wraps the store's methods in its own timing
     try:
-        async with in_process_server(url) as served:
-            yield served
+        async with in_process_server(url, store=store, heartbeat_s=0.2) as server:
+            yield server, interleaver
     finally:
         if request.param == "redis":
             delete_prefix(url)

@@ -74,6 +74,22 @@ class Lane:
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._hold(), name=f"lane {self.group.client_id}/{self.repository_id}")
+        self.task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A lane that fails (not a store that is away: that it waits out) ends its stream with an error the
+        client sees, which then connects again; never a stream left open, heartbeats flowing, that nothing
+        serves any more."""
+        if task.cancelled() or task.exception() is None:
+            return
+        logger.error(
+            "client %s: connection %d cannot serve repository %s any more; ending its stream",
+            self.group.client_id,
+            self.connection.id,
+            self.repository_id,
+            exc_info=task.exception(),
+        )
+        self.connection.fail(f"the server cannot serve repository {self.repository_id} on this stream; reconnect")
 
     async def _hold(self) -> None:
         """Serve while holding the lease of (client id, repository); stand by while another holder has it."""
@@ -257,10 +273,6 @@ class Lane:
             # asyncio.wait, not ``await self.task``: the lane's CancelledError is its own, and only a
             # cancellation of the task stopping it may come out of here.
             await asyncio.wait([self.task])
-            if not self.task.cancelled() and self.task.exception() is not None:
-                logger.error(
-                    "lane %s/%s failed", self.group.client_id, self.repository_id, exc_info=self.task.exception()
-                )
         await self.group.dispatcher.cursor_writer.flush()
 
 
@@ -321,6 +333,8 @@ class Connection:
         self.lanes: dict[str, Lane] = {}
         #: (event, redelivery, replay) to send; None ends the stream; "assignment" announces a change of lanes
         self.outbox: asyncio.Queue[tuple[WebhookEvent, int, bool] | str | None] = asyncio.Queue()
+        #: why the stream must end with an error (a lane of it failed); None: it ends cleanly, if at all
+        self.error: str | None = None
 
     def send(self, event: WebhookEvent, redelivery: int, replay: bool = False) -> None:
         self.outbox.put_nowait((event, redelivery, replay))
@@ -334,6 +348,12 @@ class Connection:
 
     def close(self) -> None:
         self.outbox.put_nowait(None)
+
+    def fail(self, reason: str) -> None:
+        """End the stream with an error (INTERNAL, ``reason``) instead of cleanly."""
+        if self.error is None:
+            self.error = reason
+        self.close()
 
     def __repr__(self) -> str:
         return f"Connection(id={self.id}, client_id={self.client_id!r}, lanes={sorted(self.lanes)})"

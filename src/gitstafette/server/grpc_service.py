@@ -9,6 +9,7 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import NoReturn
 
 import grpc
 from opentelemetry.trace import Span
@@ -153,6 +154,13 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
             for waiter in waiters:
                 waiter.cancel()
 
+    async def _store_unavailable(self, context: grpc.aio.ServicerContext, client_id: str, exc: StoreError) -> NoReturn:
+        """End a stream that cannot be set up because the store does not answer: UNAVAILABLE, which clients
+        retry, instead of a stream that stays open without being subscribed."""
+        logger.warning("client %s: stream refused, the store does not answer: %s", client_id, exc)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"the server's store does not answer ({exc}); try again")
+        raise AssertionError("abort returned")  # pragma: no cover
+
     async def _repository(self, spec: str, context: grpc.aio.ServicerContext) -> str:
         """The repository id a request names, or abort with a status that says what is wrong."""
         repository_id = await self._lookup(spec, context)
@@ -190,13 +198,16 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
         self, request: pb.WebhookEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WebhookEventsResponse]:
         grant = await self.auth.grant(context)
-        allowed = await self._authorize(grant, request.repository_id, context)
-        repository_id = await self._repository(request.repository_id, context)
         client_id = grant.client_id_for(request.client_id) or context.peer()
-        if request.last_received_event_id:
-            after = request.last_received_event_id
-        else:
-            after = await self.store.start_cursor(client_id, repository_id)
+        try:
+            allowed = await self._authorize(grant, request.repository_id, context)
+            repository_id = await self._repository(request.repository_id, context)
+            if request.last_received_event_id:
+                after = request.last_received_event_id
+            else:
+                after = await self.store.start_cursor(client_id, repository_id)
+        except StoreError as exc:
+            await self._store_unavailable(context, client_id, exc)
         deadline = time.monotonic() + request.duration_secs if request.duration_secs else None
         logger.info("FetchWebhookEvents: client %s, repository %s, after %d", client_id, repository_id, after)
         with self.auth.session(grant, [allowed]) as session:
@@ -345,8 +356,11 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Subscribe needs a client_id and repository_ids")
         if subscribe.client_id and subscribe.client_id != client_id:
             logger.info("a stream claims client id %s; its token's, %s, is used", subscribe.client_id, client_id)
-        allowed = [await self._authorize(grant, spec, context) for spec in subscribe.repository_ids]
-        resolved = {spec: await self._lookup(spec, context, unseen_names=True) for spec in subscribe.repository_ids}
+        try:
+            allowed = [await self._authorize(grant, spec, context) for spec in subscribe.repository_ids]
+            resolved = {spec: await self._lookup(spec, context, unseen_names=True) for spec in subscribe.repository_ids}
+        except StoreError as exc:
+            await self._store_unavailable(context, client_id, exc)
         # No await from this check to connect(): two streams cannot both take the last place.
         cap = self.config.max_streams_per_client
         if cap and self.dispatcher.connection_count(client_id) >= cap:
@@ -367,6 +381,8 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
             if session.ended is not None:
                 logger.info("client %s: connection %d ended: %s", client_id, connection.id, session.ended[1])
                 await context.abort(*session.ended)
+        if connection.error is not None:
+            await context.abort(grpc.StatusCode.INTERNAL, connection.error)
 
     async def _serve_stream(
         self,

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from gitstafette import constants
 from gitstafette._http import EmbeddedHttpServer
 from gitstafette._http_limits import HttpLimits
 from gitstafette._proto import gitstafette_info_pb2, gitstafette_info_pb2_grpc, gitstafette_pb2, gitstafette_pb2_grpc
@@ -234,6 +235,8 @@ class Server:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                 ("grpc.http2.max_ping_strikes", 0),
                 ("grpc.so_reuseport", 0),
+                ("grpc.server.max_pending_requests", constants.GRPC_MAX_PENDING_STREAMS),
+                ("grpc.server.max_pending_requests_hard_limit", constants.GRPC_MAX_PENDING_STREAMS_HARD_LIMIT),
             ],
         )
         gitstafette_pb2_grpc.add_GitstafetteServicer_to_server(  # type: ignore[no-untyped-call]
