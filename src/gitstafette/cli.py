@@ -26,7 +26,7 @@ from gitstafette.config import (
     parse_size,
 )
 from gitstafette.events_cli import events_app
-from gitstafette.exceptions import ConfigError
+from gitstafette.exceptions import ConfigError, StoreError
 from gitstafette.logs import configure_logging
 from gitstafette.loops import event_loop_factory
 from gitstafette.telemetry.otel import OtelSettings
@@ -149,6 +149,20 @@ def _run(main: Coroutine[Any, Any, None], event_loop: str) -> None:
         runner.run(main)
 
 
+def _reason(error: Exception) -> str:
+    """The message of ``error`` without the ``[Errno 98]`` that str() of an OSError starts with."""
+    if isinstance(error, OSError) and error.errno is not None and error.strerror:
+        return error.strerror
+    return str(error)
+
+
+def _quiet_grpc_core(verbosity: str) -> None:
+    """Set gRPC's C-core log level (its documented GRPC_VERBOSITY: DEBUG, INFO, ERROR or NONE) unless the
+    environment sets it already. It is read once, when grpc is imported, so this runs in the command before
+    the first import of grpc; the library modules leave the environment alone."""
+    os.environ.setdefault("GRPC_VERBOSITY", verbosity)
+
+
 def _configure_logging(level: str, log_format: str = "auto") -> None:
     try:
         configure_logging(level, log_format)
@@ -208,6 +222,8 @@ def server(
     ] = "5s",
 ) -> None:
     """Receive GitHub webhooks over HTTP, store them, and stream them to clients over gRPC."""
+    # gRPC's C core writes its own line for a port it cannot bind, outside our log; the server says why itself.
+    _quiet_grpc_core("NONE")
     from gitstafette.server.server import Server
 
     try:
@@ -247,8 +263,8 @@ def server(
         _run(Server(config).serve(), event_loop)
     except ConfigError as exc:  # certificate files that cannot be used
         raise _fail(exc) from exc
-    except OSError as exc:
-        typer.echo(f"gitstafette: cannot start the server: {exc}", err=True)
+    except (OSError, StoreError) as exc:  # a port that cannot be bound, a store that cannot be opened
+        typer.echo(f"gitstafette: cannot start the server: {_reason(exc)}", err=True)
         raise typer.Exit(1) from exc
 
 
@@ -362,7 +378,7 @@ def client(
 ) -> None:
     """Stream events from a gitstafette server over gRPC and deliver each one to the target, acknowledged."""
     # gRPC's C core logs each failed connection attempt itself; the client logs a change of state once.
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    _quiet_grpc_core("ERROR")
     from gitstafette.client import Client
 
     try:
@@ -402,7 +418,7 @@ def client(
     except ConfigError as exc:  # TLS files that cannot be used
         raise _fail(exc) from exc
     except OSError as exc:
-        typer.echo(f"gitstafette: cannot start the client: {exc}", err=True)
+        typer.echo(f"gitstafette: cannot start the client: {_reason(exc)}", err=True)
         raise typer.Exit(1) from exc
     if runner.failed:
         raise typer.Exit(1)
