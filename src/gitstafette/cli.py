@@ -357,6 +357,10 @@ def client(
         str,
         typer.Option(envvar="GITSTAFETTE_SHUTDOWN_GRACE", help="How long a delivery under way may take on shutdown."),
     ] = "10s",
+    refused_retry_delay: Annotated[
+        # Hidden: the tests shorten it; in use, a refusal lasts until someone changes a token.
+        str, typer.Option(envvar="GITSTAFETTE_REFUSED_RETRY_DELAY", hidden=True)
+    ] = "60s",
     log_level: Annotated[str, typer.Option(envvar="GITSTAFETTE_LOG_LEVEL", help=LOG_LEVEL_HELP)] = "info",
     log_format: Annotated[str, LOG_FORMAT_OPTION] = "auto",
     event_loop: Annotated[str, EVENT_LOOP_OPTION] = "auto",
@@ -402,6 +406,7 @@ def client(
             reconnect_max_delay_s=reconnect_max_delay_s,
             idle_timeout_s=parse_duration(idle_timeout, "idle-timeout"),
             shutdown_grace_s=parse_duration(shutdown_grace, "shutdown-grace"),
+            refused_retry_delay_s=parse_duration(refused_retry_delay, "refused-retry-delay"),
             token=Secret.optional(token),
             webhook_secret=Secret.optional(webhook_secret),
             webhook_secrets_file=webhook_secrets_file,

@@ -530,6 +530,9 @@ class ClientConfig:
     retry_after_max_s: float = 300.0
     reconnect_initial_delay_s: float = 0.5
     reconnect_max_delay_s: float = 30.0
+    #: how often a server that refused this client (its token) is asked again: the refusal lasts until its
+    #: tokens file or this client's token changes, so it is not retried at the pace of a network blip
+    refused_retry_delay_s: float = 60.0
     idle_timeout_s: float = 45.0
     shutdown_grace_s: float = constants.DEFAULT_SHUTDOWN_GRACE_S
     grpc_max_message_bytes: int = 64 * 1024 * 1024
@@ -615,6 +618,7 @@ class ClientConfig:
             "retry_initial_delay_s",
             "reconnect_max_delay_s",
             "reconnect_initial_delay_s",
+            "refused_retry_delay_s",
             "idle_timeout_s",
             "shutdown_grace_s",
         ):
