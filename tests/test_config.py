@@ -133,6 +133,28 @@ def test_store_config_refuses_bad_urls(url: str) -> None:
         StoreConfig.from_url(url)
 
 
+#: every scheme a store URL may have (a new one goes here and into config.py's one list)
+STORE_SCHEMES = ("memory", "sqlite", "redis", "rediss", "redis+sentinel", "rediss+sentinel")
+
+
+def test_an_unknown_store_scheme_is_refused_with_every_supported_one_listed() -> None:
+    with pytest.raises(ConfigError) as caught:
+        StoreConfig.from_url("postgres://db/events")
+    message = str(caught.value)
+    assert "'postgres://db/events' has an unknown scheme" in message
+    for scheme in STORE_SCHEMES:
+        assert f" {scheme}://" in message, (scheme, message)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["memory://", "sqlite:///x.db", "redis://h/0", "rediss://h/0", "redis+sentinel://s/m/0", "rediss+sentinel://s/m/0"],
+)
+def test_every_listed_store_scheme_is_accepted(url: str) -> None:
+    assert StoreConfig.from_url(url).scheme in ("memory", "sqlite", "redis")
+    assert url.partition("://")[0] in STORE_SCHEMES
+
+
 def test_server_config_defaults_run() -> None:
     config = ServerConfig()
     assert (config.http_port, config.grpc_port) == (1323, 50051)

@@ -26,7 +26,7 @@ from gitstafette.config import (
     parse_size,
 )
 from gitstafette.events_cli import events_app
-from gitstafette.exceptions import ConfigError
+from gitstafette.exceptions import ConfigError, StoreError
 from gitstafette.logs import configure_logging
 from gitstafette.loops import event_loop_factory
 from gitstafette.telemetry.otel import OtelSettings
@@ -39,6 +39,9 @@ app = typer.Typer(
     "a client inside the network streams them over gRPC and delivers them to its target.",
     no_args_is_help=True,
     add_completion=False,
+    # Click's own help, not rich's panels: at 80 columns rich's table cuts store URLs and environment
+    # variable names with "…" and shows a flag as "<bool>"; click's wraps every word and marks flags as such.
+    rich_markup_mode=None,
 )
 
 REPOSITORIES_HELP = (
@@ -46,10 +49,12 @@ REPOSITORIES_HELP = (
     "or * for every repository."
 )
 STORE_HELP = (
-    "Where events are kept: memory:// (lost on exit), sqlite:///relative/path.db or sqlite:////absolute/path.db, "
-    "or redis://[:password@]host:port/db[?prefix=NAME][&lease_ttl=5s] (rediss:// for TLS), which several server "
-    "replicas may share; lease_ttl: how long a replica that died keeps the repositories it served to a client id. "
-    "With Sentinel: redis+sentinel://[:password@]sentinel:26379[,sentinel...]/MASTER/db[?...]."
+    # Every URL form short enough for one line of --help at 80 columns: click wraps a longer word mid-way.
+    "Where events are kept: memory:// (lost on exit); sqlite:///relative/path.db or sqlite:////absolute/path.db; "
+    "redis://[:PASSWORD@]HOST:PORT/DB (rediss:// for TLS), which several server replicas may share, with the "
+    "options ?prefix=NAME and &lease_ttl=5s (how long a replica that died keeps the repositories it served to a "
+    "client id); or with Sentinel: redis+sentinel://SENTINEL,.../MASTER/DB (port 26379 unless given; "
+    "rediss+sentinel:// for TLS)."
 )
 RETENTION_HELP = "How long acknowledged events are kept (for inspection and replay), e.g. 30m, 24h, 7d."
 MAX_AGE_HELP = "How long events that some client has not acknowledged are kept at most."
@@ -149,6 +154,20 @@ def _run(main: Coroutine[Any, Any, None], event_loop: str) -> None:
         runner.run(main)
 
 
+def _reason(error: Exception) -> str:
+    """The message of ``error`` without the ``[Errno 98]`` that str() of an OSError starts with."""
+    if isinstance(error, OSError) and error.errno is not None and error.strerror:
+        return error.strerror
+    return str(error)
+
+
+def _quiet_grpc_core(verbosity: str) -> None:
+    """Set gRPC's C-core log level (its documented GRPC_VERBOSITY: DEBUG, INFO, ERROR or NONE) unless the
+    environment sets it already. It is read once, when grpc is imported, so this runs in the command before
+    the first import of grpc; the library modules leave the environment alone."""
+    os.environ.setdefault("GRPC_VERBOSITY", verbosity)
+
+
 def _configure_logging(level: str, log_format: str = "auto") -> None:
     try:
         configure_logging(level, log_format)
@@ -156,7 +175,7 @@ def _configure_logging(level: str, log_format: str = "auto") -> None:
         raise _fail(exc) from exc
 
 
-@app.command()
+@app.command(short_help="Receive webhooks, store them and stream them to clients.")
 def server(
     repositories: Annotated[str, typer.Option(envvar="GITSTAFETTE_REPOSITORIES", help=REPOSITORIES_HELP)] = "*",
     host: Annotated[str, typer.Option(envvar="GITSTAFETTE_HOST", help="Address to listen on.")] = "0.0.0.0",
@@ -167,7 +186,7 @@ def server(
         int, typer.Option(envvar="GITSTAFETTE_GRPC_PORT", help="Port for client streams (gRPC).")
     ] = constants.DEFAULT_GRPC_PORT,
     store: Annotated[
-        str, typer.Option(envvar="GITSTAFETTE_STORE", help=STORE_HELP)
+        str, typer.Option(envvar="GITSTAFETTE_STORE", help=STORE_HELP, metavar="URL")
     ] = f"sqlite:///{constants.DEFAULT_SQLITE_PATH}",
     retention: Annotated[str, typer.Option(envvar="GITSTAFETTE_RETENTION", help=RETENTION_HELP)] = "24h",
     max_event_age: Annotated[str, typer.Option(envvar="GITSTAFETTE_MAX_EVENT_AGE", help=MAX_AGE_HELP)] = "7d",
@@ -208,6 +227,8 @@ def server(
     ] = "5s",
 ) -> None:
     """Receive GitHub webhooks over HTTP, store them, and stream them to clients over gRPC."""
+    # gRPC's C core writes its own line for a port it cannot bind, outside our log; the server says why itself.
+    _quiet_grpc_core("NONE")
     from gitstafette.server.server import Server
 
     try:
@@ -247,18 +268,18 @@ def server(
         _run(Server(config).serve(), event_loop)
     except ConfigError as exc:  # certificate files that cannot be used
         raise _fail(exc) from exc
-    except OSError as exc:
-        typer.echo(f"gitstafette: cannot start the server: {exc}", err=True)
+    except (OSError, StoreError) as exc:  # a port that cannot be bound, a store that cannot be opened
+        typer.echo(f"gitstafette: cannot start the server: {_reason(exc)}", err=True)
         raise typer.Exit(1) from exc
 
 
 CLIENT_SERVER_HELP = (
     "gitstafette server(s) as HOST:PORT; give the option several times or comma-separated, tried in turn "
-    f"when (re)connecting (default: 127.0.0.1:{constants.DEFAULT_GRPC_PORT})."
+    "when (re)connecting."
 )
 CLIENT_REPOSITORIES_HELP = "Repositories to receive events for, comma-separated: GitHub repository ids or owner/name."
 CLIENT_ID_HELP = (
-    "Who this client is (default: the host name). Clients with different ids each get every event; "
+    "Who this client is. Clients with different ids each get every event; "
     "replicas with the same id share the repositories between them."
 )
 TARGET_HELP = (
@@ -278,7 +299,7 @@ TLS_SERVER_NAME_HELP = (
     "certificates from `gitstafette certs` carry IP addresses too)."
 )
 CLIENT_TOKEN_HELP = (
-    "The token this client presents to the server (authorization: Bearer …, on every call); "
+    "The token this client presents to the server (authorization: Bearer TOKEN, on every call); "
     "OAUTH_TOKEN works too. Prefer the environment: a command line is visible to other users."
 )
 CLIENT_WEBHOOK_SECRET_HELP = (
@@ -295,17 +316,26 @@ MAX_DELIVERY_AGE_HELP = (
 )
 
 
-@app.command()
+@app.command(short_help="Stream events from a server and deliver them to a target.")
 def client(
     repositories: Annotated[str, typer.Option(envvar="GITSTAFETTE_REPOSITORIES", help=CLIENT_REPOSITORIES_HELP)],
-    target: Annotated[str, typer.Option(envvar="GITSTAFETTE_TARGET", help=TARGET_HELP)],
+    target: Annotated[str, typer.Option(envvar="GITSTAFETTE_TARGET", help=TARGET_HELP, metavar="URL")],
     server: Annotated[
-        list[str] | None, typer.Option("--server", envvar="GITSTAFETTE_SERVER", help=CLIENT_SERVER_HELP)
+        list[str] | None,
+        typer.Option(
+            "--server",
+            envvar="GITSTAFETTE_SERVER",
+            help=CLIENT_SERVER_HELP,
+            metavar="HOST:PORT",
+            show_default=f"127.0.0.1:{constants.DEFAULT_GRPC_PORT}",
+        ),
     ] = None,
     target_health_url: Annotated[
         str, typer.Option(envvar="GITSTAFETTE_TARGET_HEALTH_URL", help=TARGET_HEALTH_HELP)
     ] = "",
-    client_id: Annotated[str, typer.Option(envvar="GITSTAFETTE_CLIENT_ID", help=CLIENT_ID_HELP)] = "",
+    client_id: Annotated[
+        str, typer.Option(envvar="GITSTAFETTE_CLIENT_ID", help=CLIENT_ID_HELP, show_default="the host name")
+    ] = "",
     insecure: Annotated[bool, typer.Option("--insecure", envvar="GITSTAFETTE_INSECURE", help=INSECURE_HELP)] = False,
     tls_ca: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_CA", help=CLIENT_TLS_CA_HELP)] = "",
     tls_cert: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_CERT", help=CLIENT_TLS_CERT_HELP)] = "",
@@ -341,6 +371,10 @@ def client(
         str,
         typer.Option(envvar="GITSTAFETTE_SHUTDOWN_GRACE", help="How long a delivery under way may take on shutdown."),
     ] = "10s",
+    refused_retry_delay: Annotated[
+        # Hidden: the tests shorten it; in use, a refusal lasts until someone changes a token.
+        str, typer.Option(envvar="GITSTAFETTE_REFUSED_RETRY_DELAY", hidden=True)
+    ] = "60s",
     log_level: Annotated[str, typer.Option(envvar="GITSTAFETTE_LOG_LEVEL", help=LOG_LEVEL_HELP)] = "info",
     log_format: Annotated[str, LOG_FORMAT_OPTION] = "auto",
     event_loop: Annotated[str, EVENT_LOOP_OPTION] = "auto",
@@ -362,7 +396,7 @@ def client(
 ) -> None:
     """Stream events from a gitstafette server over gRPC and deliver each one to the target, acknowledged."""
     # gRPC's C core logs each failed connection attempt itself; the client logs a change of state once.
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    _quiet_grpc_core("ERROR")
     from gitstafette.client import Client
 
     try:
@@ -386,6 +420,7 @@ def client(
             reconnect_max_delay_s=reconnect_max_delay_s,
             idle_timeout_s=parse_duration(idle_timeout, "idle-timeout"),
             shutdown_grace_s=parse_duration(shutdown_grace, "shutdown-grace"),
+            refused_retry_delay_s=parse_duration(refused_retry_delay, "refused-retry-delay"),
             token=Secret.optional(token),
             webhook_secret=Secret.optional(webhook_secret),
             webhook_secrets_file=webhook_secrets_file,
@@ -402,13 +437,13 @@ def client(
     except ConfigError as exc:  # TLS files that cannot be used
         raise _fail(exc) from exc
     except OSError as exc:
-        typer.echo(f"gitstafette: cannot start the client: {exc}", err=True)
+        typer.echo(f"gitstafette: cannot start the client: {_reason(exc)}", err=True)
         raise typer.Exit(1) from exc
     if runner.failed:
         raise typer.Exit(1)
 
 
-@app.command("send-webhook")
+@app.command("send-webhook", short_help="Post a webhook payload file the way GitHub does.")
 def send_webhook(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="A webhook payload (JSON).")],
     url: Annotated[
@@ -439,7 +474,7 @@ def send_webhook(
         raise typer.Exit(1)
 
 
-@app.command("hash-token")
+@app.command("hash-token", short_help="Print the SHA-256 of a client token, for a tokens file.")
 def hash_token() -> None:
     """Print the SHA-256 of a client token read from standard input, for the sha256 of a tokens file entry.
 
@@ -459,7 +494,7 @@ def hash_token() -> None:
     typer.echo(sha256_of(token))
 
 
-@app.command()
+@app.command(short_help="Relay one webhook through a local server, client and target.")
 def demo(
     payload: Annotated[
         Path | None, typer.Option(help="A webhook payload file to send instead of the built-in push event.")
@@ -488,7 +523,7 @@ CERTS_SERVER_NAME_HELP = (
 CERTS_CLIENT_NAME_HELP = "A client to issue a certificate for (client-NAME.pem); repeat for several. Default: client."
 
 
-@app.command()
+@app.command(short_help="Create a development CA and certificates for (mutual) TLS.")
 def certs(
     out: Annotated[Path, typer.Option(help="Folder to write into (created when missing).")] = Path("certs"),
     server_name: Annotated[list[str] | None, typer.Option("--server-name", help=CERTS_SERVER_NAME_HELP)] = None,

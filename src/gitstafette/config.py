@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import re
 import socket
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, quote, unquote, urlsplit
 
 from gitstafette import constants
 from gitstafette.exceptions import ConfigError
@@ -28,6 +29,25 @@ __all__ = [
 ]
 
 StoreScheme = Literal["memory", "sqlite", "redis"]
+
+#: Every store URL scheme, the backend it picks and the form of its URL: the one list that parsing and
+#: the error messages both read, so that a scheme added here is also offered when a URL is refused.
+_STORE_URLS: dict[str, tuple[StoreScheme, str]] = {
+    "memory": ("memory", "memory://"),
+    "sqlite": ("sqlite", "sqlite:///PATH"),
+    "redis": ("redis", "redis://HOST:PORT/DB"),
+    "rediss": ("redis", "rediss://HOST:PORT/DB"),
+    "redis+sentinel": ("redis", "redis+sentinel://SENTINEL:PORT/MASTER/DB"),
+    "rediss+sentinel": ("redis", "rediss+sentinel://SENTINEL:PORT/MASTER/DB"),
+}
+_REDIS_SCHEMES = tuple(scheme for scheme, (backend, _) in _STORE_URLS.items() if backend == "redis")
+
+
+def _url_forms(schemes: tuple[str, ...] | None = None) -> str:
+    """``memory://, sqlite:///PATH, … or rediss+sentinel://…``: the URL forms of ``schemes`` (default: all)."""
+    forms = [form for scheme, (_, form) in _STORE_URLS.items() if schemes is None or scheme in schemes]
+    return ", ".join(forms[:-1]) + " or " + forms[-1]
+
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, None: 1}
@@ -197,9 +217,9 @@ class RedisSettings:
     def from_url(cls, url: str) -> RedisSettings:
         masked = _masked_url(url)
         parts = urlsplit(url)
-        sentinel = parts.scheme in ("redis+sentinel", "rediss+sentinel")
-        if parts.scheme not in ("redis", "rediss") and not sentinel:
-            raise ConfigError(f"store: {masked!r} is not a redis://, rediss:// or redis+sentinel:// URL")
+        sentinel = parts.scheme.endswith("+sentinel")
+        if parts.scheme not in _REDIS_SCHEMES:
+            raise ConfigError(f"store: {masked!r} is not a Redis URL; use {_url_forms(_REDIS_SCHEMES)}")
         sentinels: tuple[tuple[str, int], ...] = ()
         service_name, path = "", parts.path.strip("/")
         if sentinel:
@@ -296,11 +316,9 @@ class StoreConfig:
             if synchronous not in ("full", "normal") or options:
                 raise ConfigError(f"store: {url!r}: the only option is ?synchronous=full (default) or normal")
             return cls("sqlite", path, "normal" if synchronous == "normal" else "full")
-        if parts.scheme in ("redis", "rediss", "redis+sentinel", "rediss+sentinel"):
+        if parts.scheme in _REDIS_SCHEMES:
             return cls("redis", redis=RedisSettings.from_url(url))
-        raise ConfigError(
-            f"store: {_masked_url(url)!r} has an unknown scheme; use memory://, sqlite:///PATH or redis://HOST:PORT/DB"
-        )
+        raise ConfigError(f"store: {_masked_url(url)!r} has an unknown scheme; use {_url_forms()}")
 
     def __str__(self) -> str:
         if self.scheme == "memory":
@@ -428,6 +446,34 @@ def _redact_url(url: str) -> str:
     return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+
+
+def _check_address(name: str, display: str, parts: SplitResult, port_required: bool) -> None:
+    """Refuse at start what every delivery would fail on later: a port outside 1-65535 (or none where one
+    is needed), and a host that is neither an IP address nor a DNS name (``999.1.1.1``, ``ex ample``)."""
+    try:
+        port = parts.port
+    except ValueError:  # urllib's word for a port that is not a number in 0-65535
+        port = -1
+    if port is not None and not 0 < port <= 65535:
+        port_text = parts.netloc.rpartition("@")[2].rpartition(":")[2]
+        raise ConfigError(f"{name}: {display!r}: port {port_text!r} is not a TCP port (1-65535)")
+    if port is None and port_required:
+        raise ConfigError(f"{name}: {display!r} names no port; use grpc(s)://host:port")
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    # Digits and dots only is an IPv4 address or nothing: a resolver would take 999.1.1.1 for a name.
+    looks_ipv4 = re.fullmatch(r"[\d.]+", host) is not None
+    labels = host.removesuffix(".").split(".")
+    if looks_ipv4 or len(host) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
+        raise ConfigError(f"{name}: {display!r}: {host!r} is neither an IP address nor a host name")
+
+
 @dataclass(frozen=True)
 class ClientTlsConfig:
     """How the client's gRPC connection to the server is secured (unless ``ClientConfig.insecure``).
@@ -484,6 +530,9 @@ class ClientConfig:
     retry_after_max_s: float = 300.0
     reconnect_initial_delay_s: float = 0.5
     reconnect_max_delay_s: float = 30.0
+    #: how often a server that refused this client (its token) is asked again: the refusal lasts until its
+    #: tokens file or this client's token changes, so it is not retried at the pace of a network blip
+    refused_retry_delay_s: float = 60.0
     idle_timeout_s: float = 45.0
     shutdown_grace_s: float = constants.DEFAULT_SHUTDOWN_GRACE_S
     grpc_max_message_bytes: int = 64 * 1024 * 1024
@@ -553,10 +602,13 @@ class ClientConfig:
             raise ConfigError(
                 f"target: {self.target_display!r} is not a URL of http(s)://host/path or grpc(s)://host:port"
             )
+        # gRPC has no default port a target could mean; an HTTP URL has its scheme's.
+        _check_address("target", self.target_display, target, port_required=self.target_kind == "grpc")
         if self.target_health_url:
             health = urlsplit(self.target_health_url)
             if health.scheme.lower() not in ("http", "https") or not health.hostname:
                 raise ConfigError(f"target-health-url: {self.target_health_display!r} is not an http(s) URL")
+            _check_address("target-health-url", self.target_health_display, health, port_required=False)
 
     def _check_durations(self) -> None:
         for name in (
@@ -566,6 +618,7 @@ class ClientConfig:
             "retry_initial_delay_s",
             "reconnect_max_delay_s",
             "reconnect_initial_delay_s",
+            "refused_retry_delay_s",
             "idle_timeout_s",
             "shutdown_grace_s",
         ):

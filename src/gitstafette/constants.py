@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "DEFAULT_CLIENT_HEALTH_PORT",
     "DEFAULT_GRPC_PORT",
     "DEFAULT_HEARTBEAT_S",
     "CLIENT_SERVICE_NAME",
@@ -67,7 +68,9 @@ SERVICE_NAME = "gitstafette"
 
 DEFAULT_HTTP_PORT = 1323
 DEFAULT_GRPC_PORT = 50051
-DEFAULT_CLIENT_HEALTH_PORT = 8080
+#: The client's /health, /ready and /metrics: beside the server's 1323, and not 8080, the port of Jenkins
+#: and of many other targets a client may run next to.
+DEFAULT_CLIENT_HEALTH_PORT = 1324
 
 #: OpenTelemetry's service.name of each side, unless OTEL_SERVICE_NAME says
 SERVER_SERVICE_NAME = "gitstafette-server"

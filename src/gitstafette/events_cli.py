@@ -13,7 +13,9 @@ __all__ = ["events_app"]
 events_app = typer.Typer(
     name="events",
     help="Inspect stored events and dead letters on a server, and replay dead letters.",
+    short_help="Inspect stored events and dead letters; replay dead letters.",
     no_args_is_help=True,
+    rich_markup_mode=None,  # click's help, as the main command's (see cli.py)
 )
 
 SERVER_URL_HELP = "The server's HTTP address."
@@ -51,7 +53,7 @@ def _when(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-@events_app.command("list")
+@events_app.command("list", short_help="List a repository's events, or the dead letters.")
 def list_events(
     repository: Annotated[
         str | None, typer.Option(help="A repository id or owner/name: list its events with each client's state.")

@@ -72,6 +72,14 @@ def test_send_webhook_to_nothing_listening_fails_cleanly() -> None:
         (["--max-delivery-age", "soon"], {}, "max-delivery-age"),
         (["--health-port", "70000"], {}, "health-port"),
         ([], {"GITSTAFETTE_SERVER": "a:1,b"}, "server: 'b'"),
+        # Each would be accepted at start and then fail every delivery until it is dead-lettered.
+        (["--target", "http://127.0.0.1:99999/x"], {}, "target: 'http://127.0.0.1:99999/x': port '99999' is not a TCP"),
+        (["--target", "http://127.0.0.1:0/x"], {}, "port '0' is not a TCP port"),
+        (["--target", "grpc://nohostport"], {}, "target: 'grpc://nohostport' names no port"),
+        (["--target", "http://999.1.1.1/x"], {}, "'999.1.1.1' is neither an IP address nor a host name"),
+        (["--target", "https://jenkins..example.com/x"], {}, "'jenkins..example.com' is neither"),
+        (["--target-health-url", "http://127.0.0.1:70000/health"], {}, "target-health-url: 'http://127.0.0.1:70000"),
+        (["--target-health-url", "http://bad host/health"], {}, "target-health-url:"),
     ],
 )
 def test_client_refuses_a_bad_configuration_and_names_it(args: list[str], env: dict[str, str], message: str) -> None:
@@ -83,6 +91,25 @@ def test_client_refuses_a_bad_configuration_and_names_it(args: list[str], env: d
     assert result.exit_code == 2
     assert message in result.output
     assert "hunter2" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://127.0.0.1:8080/github-webhook/",
+        "https://jenkins.example.com/x",
+        "http://[::1]:80/x",
+        "grpc://relay:50051",
+    ],
+)
+def test_client_accepts_targets_of_every_form(target: str) -> None:
+    config = ClientConfig(repositories=("1",), target=target, target_health_url=target.replace("grpc", "http"))
+    assert config.target == target
+
+
+def test_client_health_port_defaults_to_1324_beside_the_servers_1323_not_jenkins_8080() -> None:
+    assert ClientConfig(repositories=("1",), target="http://127.0.0.1:8080/x").health_port == 1324
 
 
 def test_client_config_splits_repeated_and_comma_separated_values() -> None:

@@ -91,7 +91,7 @@ async def test_a_whole_run_with_secrets_logs_none_of_them(tmp_path: Path, target
         logs["client"] = client.log()
     logs["server"] = server.log()
 
-    assert "reconnecting" in logs["wrong client"] and "unknown token" in logs["wrong client"]
+    assert "refused by" in logs["wrong client"] and "unknown token" in logs["wrong client"]
     assert "delivered 186853002#1" in logs["client"]
     assert "signature check failed" not in logs["server"]  # the log says "refused: … does not match the body"
     assert "does not match the body" in logs["server"]

@@ -207,7 +207,8 @@ class Client:
             return JSONResponse(self.status())
 
         async def ready(request: Request) -> Response:
-            """Readiness: connected to a server, and the target (if it has a health URL) is healthy."""
+            """Readiness: connected to a server, and the target (if it has a health URL) is healthy. When not
+            connected, ``reason`` says why (a refused token, a server that does not speak TLS, …)."""
             status = self.status()
             ok = status["connected"] and status["target_healthy"] is not False
             return JSONResponse(status, status_code=200 if ok else 503)
@@ -233,6 +234,8 @@ class Client:
             "client_id": self.config.client_id,
             "state": self.consumer.state,
             "connected": connected,
+            # why it is not connected (the last attempt's failure, with what to do where that is known)
+            "reason": None if connected else self.consumer.reason or None,
             "server": stream.server if stream is not None and connected else None,
             "repositories": list(stream.repositories) if stream is not None and connected else [],
             "target_healthy": None if self._health is None else self._health.healthy,

@@ -45,7 +45,24 @@ STABLE_STREAM_S = 5.0
 ACK_LINGER_S = 0.005
 ACK_BATCH_MAX = 128
 
-ConsumerState = Literal["connecting", "connected", "disconnected", "reconnecting", "stopped"]
+ConsumerState = Literal["connecting", "connected", "disconnected", "reconnecting", "refused", "stopped"]
+
+#: What the client can do when the server refuses it: a refusal repeats on every attempt until someone
+#: changes the token (or the server's tokens file, re-read on SIGHUP), so it is retried slowly, not
+#: with the backoff of a network blip.
+_REFUSAL_HINTS = {
+    grpc.StatusCode.UNAUTHENTICATED: (
+        "the server does not accept this client's token: give the token the server knows with "
+        "gitstafette client --token or GITSTAFETTE_TOKEN"
+    ),
+    grpc.StatusCode.PERMISSION_DENIED: (
+        "the server's tokens file does not let this client's token read these repositories: check "
+        "--repositories against the token's entry there (gitstafette client --token or GITSTAFETTE_TOKEN)"
+    ),
+}
+#: In the details of a failed connection: a TLS handshake answered in plaintext (OpenSSL/BoringSSL's
+#: word for a first record that is not TLS).
+_NOT_TLS = "WRONG_VERSION_NUMBER"
 
 
 def event_from_relayed(message: pb.RelayedEvent) -> WebhookEvent:
@@ -181,7 +198,27 @@ class Received:
 
 
 class _StreamEnded(Exception):
-    """Why a stream ended (or never started)."""
+    """Why a stream ended (or never started); ``refused``: the server turned this client away (its token),
+    which trying again soon will not change."""
+
+    def __init__(self, reason: str, refused: bool = False) -> None:
+        super().__init__(reason)
+        self.refused = refused
+
+
+def _rpc_failure(error: grpc.aio.AioRpcError, insecure: bool) -> _StreamEnded:
+    """The reason of a failed call, with what to do where the client can tell."""
+    code, details = error.code(), error.details() or ""
+    hint = _REFUSAL_HINTS.get(code)
+    if hint is not None:
+        return _StreamEnded(f"{code.name}: {details}: {hint}", refused=True)
+    if not insecure and _NOT_TLS in details:
+        # gRPC's own words end in the OpenSSL error name, which says nothing to most readers.
+        return _StreamEnded(
+            f"{code.name}: the server does not speak TLS: use --insecure or give the server a certificate "
+            f"(--tls-cert and --tls-key) ({details})"
+        )
+    return _StreamEnded(f"{code.name}: {details}")
 
 
 class Consumer:
@@ -195,6 +232,8 @@ class Consumer:
         self.on_event = on_event
         self.metrics = metrics
         self.state: ConsumerState = "connecting"
+        #: why the last attempt failed, while not connected (shown on /ready); "" once connected
+        self.reason = ""
         self.current: Stream | None = None
         self.backoff = Backoff(config.reconnect_initial_delay_s, config.reconnect_max_delay_s)
         self._closing = asyncio.Event()
@@ -247,11 +286,12 @@ class Consumer:
             self._stream_ids += 1
             stream = Stream(self._stream_ids, server)
             self.current = stream
+            refused = False
             try:
                 await self._stream(stream, failures)
                 reason = "the server ended the stream"
             except _StreamEnded as exc:
-                reason = str(exc)
+                reason, refused = str(exc), exc.refused
             except Exception as exc:  # a bug must not end the client: log it whole and reconnect
                 logger.exception("stream %d to %s failed unexpectedly", stream.id, server)
                 reason = f"{type(exc).__name__}: {exc}"
@@ -259,6 +299,8 @@ class Consumer:
                 stream.close()
             if self._closing.is_set():
                 break
+            self.reason = reason
+            delay_s = None
             if stream.subscribed:
                 # A stream that ends as soon as it began (a server failing each one) backs off as a failure does.
                 lasted_s = time.monotonic() - stream.subscribed_at
@@ -271,7 +313,13 @@ class Consumer:
                 index += 1
                 self.metrics.connection_failures.inc()
                 kind, failure_kind = failure_kind, reason.split(":", 1)[0]
-                if self._set_state("reconnecting") or kind != failure_kind:
+                if refused:
+                    delay_s = self.config.refused_retry_delay_s
+                    if self._set_state("refused") or kind != failure_kind:
+                        logger.error("refused by %s: %s (trying again every %gs)", server, reason, delay_s)
+                    else:
+                        logger.debug("attempt %d: %s: %s", failures, server, reason)
+                elif self._set_state("reconnecting") or kind != failure_kind:
                     logger.warning(
                         "reconnecting: %s: %s (retrying %s with backoff up to %.0fs)",
                         server,
@@ -281,7 +329,9 @@ class Consumer:
                     )
                 else:
                     logger.debug("attempt %d: %s: %s", failures, server, reason)
-            await wait_for_any(self.backoff.delay_s(max(0, failures - 1), random.random), self._closing)
+            if delay_s is None:
+                delay_s = self.backoff.delay_s(max(0, failures - 1), random.random)
+            await wait_for_any(delay_s, self._closing)
         self._set_state("stopped")
 
     async def _stream(self, stream: Stream, failures: int) -> None:
@@ -309,7 +359,7 @@ class Consumer:
                     return
                 self._receive(stream, message, failures)
         except grpc.aio.AioRpcError as exc:
-            raise _StreamEnded(f"{exc.code().name}: {exc.details()}") from exc
+            raise _rpc_failure(exc, config.insecure) from exc
         finally:
             if call is not None:
                 call.cancel()
@@ -331,6 +381,7 @@ class Consumer:
             stream.server_id = message.subscribed.server_id
             if first:
                 self.metrics.connections.inc()
+            self.reason = ""
             if self._set_state("connected"):
                 logger.info(
                     "connected to %s (server %s)%s: serving repositories %s",

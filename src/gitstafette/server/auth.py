@@ -223,7 +223,11 @@ class Authenticator:
             return OPEN
         values = [value for key, value in metadata or () if key.lower() == METADATA_AUTHORIZATION]
         if not values:
-            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "no token: send metadata 'authorization: Bearer <token>'")
+            raise AuthError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "no token: send metadata 'authorization: Bearer <token>' "
+                "(gitstafette client --token or GITSTAFETTE_TOKEN)",
+            )
         token = _bearer(values[0])
         if token is None:
             raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "the authorization metadata is not 'Bearer <token>'")

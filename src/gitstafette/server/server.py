@@ -8,10 +8,12 @@ finish, end every stream cleanly, close the store), each step bounded by the shu
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import gc
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
 
@@ -59,6 +61,27 @@ _SERVICE_NAMES = (
 )
 
 
+def _bind_problem(host: str, port: int) -> str:
+    """Why ``host:port`` cannot be listened on, asked of the OS: grpcio only says that binding failed (its C
+    core logs the reason on stderr, outside our log, and the CLI turns that off)."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"the host {host!r} is neither an address of this machine nor a name that resolves ({exc.strerror})"
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: TIME_WAIT is no conflict
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return f"the port {port} is taken (another process listens on it)"
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    return f"{host!r} is not an address of this machine"
+                return exc.strerror or str(exc)
+    return "gRPC could not bind it (GRPC_VERBOSITY=debug shows why)"
+
+
 class Server:
     """One gitstafette server: ``await Server(config).serve()`` runs until stopped.
 
@@ -91,6 +114,8 @@ class Server:
         #: the garbage collector's thresholds before startup, put back at shutdown (see loops.GC_THRESHOLD)
         self._gc_threshold: tuple[int, int, int] | None = None
         self._info = InfoService(config)
+        #: startup completed: only a server that started says it stopped
+        self._started = False
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -102,8 +127,10 @@ class Server:
         with handling_signals({**handlers, signal.SIGHUP: self.reload}):
             try:
                 await self.startup()
+                self._started = True
                 await self._stop.wait()
             finally:
+                # After a failed startup this only releases what it opened; the caller reports the failure.
                 await self.shutdown()
 
     def reload(self) -> None:
@@ -150,10 +177,12 @@ class Server:
                 self.grpc_port = self._grpc.add_insecure_port(address)
             else:
                 self.grpc_port = self._grpc.add_secure_port(address, self.tls.grpc_credentials())
-        except RuntimeError as exc:  # grpcio's word for a port it cannot bind
-            raise OSError(f"cannot listen for gRPC on {address} (is the port taken?): {exc}") from exc
+        except RuntimeError as exc:  # grpcio's word for a port it cannot bind; it says no more than that
+            raise OSError(
+                f"cannot listen for gRPC on {address}: {_bind_problem(config.host, config.grpc_port)}"
+            ) from exc
         if self.grpc_port == 0:
-            raise OSError(f"cannot listen for gRPC on {address} (is the port taken?)")
+            raise OSError(f"cannot listen for gRPC on {address}: {_bind_problem(config.host, config.grpc_port)}")
         self._info.grpc_port = self.grpc_port
         await self._grpc.start()
 
@@ -306,5 +335,6 @@ class Server:
         await self.store.aclose()
         if self._gc_threshold is not None:
             gc.set_threshold(*self._gc_threshold)
-        logger.info("gitstafette server stopped")
+        if self._started:
+            logger.info("gitstafette server stopped")
         await asyncio.to_thread(stop_sentry)

@@ -292,7 +292,13 @@ class SQLiteStore(EventStore):
     # ---- lifecycle -------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(self.path).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # alone, "File exists" would not say which file, nor what it is in the way of
+            raise StoreUnavailable(
+                f"cannot open SQLite store {self.path}: cannot create {folder}: {exc.strerror}"
+            ) from exc
         try:
             connection = _connect(self.path)
             connection.executescript(_SCHEMA)
