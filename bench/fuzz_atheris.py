@@ -3,8 +3,9 @@
 
 The hypothesis suite (tests/github/test_fuzz_parsing.py) runs in CI; this goes on for as long as you let it,
 guided by the branches it reaches in ``gitstafette.github``. Each input is split into headers (the routing
-ones and the signature) and a body; ``parse_webhook`` must route it or refuse it with 400/406, and the
-signature checks must answer, whatever the bytes. Any other exception is a finding (atheris stops and writes
+ones and the signature) and a body; ``parse_webhook`` must route it or refuse it with 400/406/415,
+``webhook_payload`` must return a JSON object or refuse with 400/415, and the signature checks must answer,
+whatever the bytes. Any other exception is a finding (atheris stops and writes
 the input to ``crash-…``).
 
     .venv/bin/pip install atheris            # not a dependency of the project: only this script needs it
@@ -22,7 +23,7 @@ with atheris.instrument_imports():
     from gitstafette.config import Secret, Watchlist
     from gitstafette.exceptions import WebhookRejected
     from gitstafette.github.signature import WebhookSecrets
-    from gitstafette.github.webhook import parse_webhook
+    from gitstafette.github.webhook import parse_webhook, webhook_payload
 
 WATCHLISTS = (Watchlist.parse("*"), Watchlist.parse("186853002,Codertocat/Hello-World"))
 SECRETS = WebhookSecrets.build(Secret("atheris-secret"), {"Codertocat/Hello-World": "atheris-by-name"})
@@ -43,9 +44,15 @@ def one_input(data: bytes) -> None:
             headers[name] = fuzzed.ConsumeUnicodeNoSurrogates(40)
     body = fuzzed.ConsumeBytes(fuzzed.remaining_bytes())
     try:
+        if not isinstance(webhook_payload(body, headers["content-type"]), dict):
+            raise AssertionError("a payload that is not a JSON object")
+    except WebhookRejected as exc:
+        if exc.status_code not in (400, 415):
+            raise AssertionError(f"payload refused with {exc.status_code}: {exc.detail}") from exc
+    try:
         event = parse_webhook(headers, list(headers.items()), body, watchlist, 0, {})
     except WebhookRejected as exc:
-        if exc.status_code not in (400, 406):
+        if exc.status_code not in (400, 406, 415):
             raise AssertionError(f"refused with {exc.status_code}: {exc.detail}") from exc
         return
     if not event.repository_id or not watchlist.watches(event.repository_id, event.repository_name):

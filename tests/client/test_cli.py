@@ -7,6 +7,7 @@ import hmac
 import json
 import socket
 import uuid
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -52,6 +53,25 @@ def test_send_webhook_event_and_repository_options_and_a_refusal() -> None:
     assert first.header("X-Hub-Signature-256") is None
     assert second.header("X-GitHub-Event") == "pull_request_review"
     assert first.delivery_id != second.delivery_id
+
+
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [(b"hello", "is not valid JSON"), (b"[1, 2]", "is a JSON array"), (b'{"ref": "x"', "truncated")],
+)
+def test_send_webhook_refuses_a_file_that_is_not_a_json_object_before_sending(
+    tmp_path: Path, content: bytes, detail: str
+) -> None:
+    path = tmp_path / "push.json"
+    path.write_bytes(content)
+    with RecordingTarget() as target:
+        result = runner.invoke(app, ["send-webhook", str(path), "--url", target.url])
+        assert target.posts() == []
+    assert result.exit_code == 2, result.output
+    words = " ".join(result.output.replace("│", " ").split())  # as read, across the error box's lines
+    assert "is not a webhook payload" in words
+    assert detail in words
+    assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 def test_send_webhook_to_nothing_listening_fails_cleanly() -> None:

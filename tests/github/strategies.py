@@ -2,7 +2,8 @@
 to garbage (broken, deeply nested or oddly encoded JSON, forms, random bytes, sizes around a limit).
 
 Shared by the fuzzing of the pure parsing (tests/github/test_fuzz_parsing.py) and of a real server's webhook
-endpoint (tests/server/test_fuzz_webhook_endpoint.py).
+endpoint (tests/server/test_fuzz_webhook_endpoint.py), with ``expected_payload``: what the contract says a body
+carries, written from the contract with the standard library rather than from the server's code.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from urllib.parse import urlencode
+from typing import Any
+from urllib.parse import unquote_to_bytes, urlencode
 
 from hypothesis import strategies as st
 
@@ -52,6 +54,41 @@ GITHUB_HEADERS = (
 FRAMING_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "expect", "upgrade"})
 
 _TOKEN = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+#: the content types GitHub sends: a hook's "json" and "form"
+ACCEPTED_MEDIA_TYPES = ("application/json", "application/x-www-form-urlencoded")
+#: the server reads at most this many fields of a form (GitHub's has one)
+FORM_MAX_FIELDS = 64
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def expected_payload(body: bytes, content_type: str | None) -> dict[str, Any] | int | None:
+    """The contract: the JSON object a webhook body carries; None when it carries none (answered 400); 415 for a
+    content type GitHub does not send (a missing or blank one counts as JSON).
+
+    JSON is UTF-8 and an object; a form is ASCII, with exactly one ``payload`` field whose URL-decoded bytes are
+    such JSON.
+    """
+    blank = content_type is None or not content_type.strip()
+    media_type = ACCEPTED_MEDIA_TYPES[0] if blank else content_type.split(";")[0].strip().lower()
+    if media_type not in ACCEPTED_MEDIA_TYPES:
+        return 415
+    data = body
+    if media_type == ACCEPTED_MEDIA_TYPES[1]:
+        if not body.isascii() or body.count(b"&") >= FORM_MAX_FIELDS:
+            return None
+        fields = [part.partition(b"=") for part in body.split(b"&") if part]
+        payloads = [value for name, _, value in fields if unquote_to_bytes(name.replace(b"+", b" ")) == b"payload"]
+        if len(payloads) != 1:
+            return None
+        data = unquote_to_bytes(payloads[0].replace(b"+", b" "))
+    try:
+        payload = json.loads(data.decode("utf-8"), parse_constant=_not_json)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+    return payload if isinstance(payload, dict) else None
 
 
 def header_values() -> st.SearchStrategy[str]:
@@ -116,8 +153,9 @@ def _broken(body: bytes, cut: int, flip: int) -> bytes:
 
 
 def _json_bodies() -> st.SearchStrategy[bytes]:
-    """Payloads as JSON in the encodings ``json.loads`` detects, and in latin-1, which it does not."""
-    return st.builds(_encoded, payloads(), st.sampled_from(["utf-8", "ascii", "utf-16", "utf-32", "latin-1"]))
+    """Payloads as JSON in UTF-8 (what GitHub sends), and in the encodings ``json.loads`` would guess and latin-1,
+    which the server refuses (JSON is UTF-8)."""
+    return st.builds(_encoded, payloads(), st.sampled_from(["utf-8", "utf-8", "ascii", "utf-16", "utf-32", "latin-1"]))
 
 
 def _forms() -> st.SearchStrategy[bytes]:
@@ -130,8 +168,8 @@ def _forms() -> st.SearchStrategy[bytes]:
 
 
 def bodies() -> st.SearchStrategy[bytes]:
-    """Request bodies: real payloads, JSON in the encodings ``json.loads`` detects (and one it does not),
-    forms, broken and deeply nested JSON, huge numbers, random bytes."""
+    """Request bodies: real payloads, JSON in UTF-8 and other encodings, forms, broken and deeply nested JSON,
+    JSON that is not an object, huge numbers, random bytes."""
     json_bodies, forms = _json_bodies(), _forms()
     openers = st.sampled_from([b"[", b'{"a":', b'{"repository":'])
     nested = st.builds(lambda opener, depth: opener * depth, openers, st.integers(1, 60_000))
@@ -144,7 +182,9 @@ def bodies() -> st.SearchStrategy[bytes]:
         nested,
         huge_numbers,
         st.binary(max_size=512),
-        st.sampled_from([b"", b" ", b"null", b"{}", b"[]", b'"x"', b"\xef\xbb\xbf{}", b"\x00" * 8, b"payload="]),
+        st.sampled_from(
+            [b"", b" ", b"null", b"{}", b"[]", b'"x"', b"7", b"\xef\xbb\xbf{}", b"\x00" * 8, b"payload=", b"hello"]
+        ),
     )
 
 
@@ -187,7 +227,9 @@ def webhook_requests(draw: st.DrawFn) -> WebhookRequest:
         target_type = draw(st.sampled_from(["repository", "repository", "organization", "integration", "Repository"]))
         target_id = draw(_optional(st.sampled_from(REPOSITORY_IDS)))
         content_type = draw(_optional(st.sampled_from(CONTENT_TYPES[:5])))
-        body = draw(st.one_of(st.sampled_from(FIXTURE_BODIES), _json_bodies(), _forms()))
+        # A body of its content type, as GitHub sends it (now and then the other kind, which is refused)
+        form = (content_type or "").lower().startswith(ACCEPTED_MEDIA_TYPES[1]) != one_in(draw, 8)
+        body = draw(_forms() if form else st.one_of(st.sampled_from(FIXTURE_BODIES), _json_bodies()))
     else:
         deliveries = st.one_of(fresh_delivery_ids(), st.sampled_from(["dup-1", "dup-2"]), header_values())
         delivery = draw(_optional(deliveries))

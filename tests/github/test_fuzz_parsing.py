@@ -1,6 +1,7 @@
 """Fuzzing the pure GitHub parsing (github/webhook.py, github/signature.py) with hypothesis: whatever the
-headers, body and encoding, a webhook is either routed to a watched repository or refused with 400/406, and a
-signature check answers (never raises) without showing the secret.
+headers, body and encoding, a webhook is either routed to a watched repository or refused with 400/406/415, a
+body is a GitHub payload exactly when the contract says so (``expected_payload``), and a signature check answers
+(never raises) without showing the secret.
 
 Examples per test: the ``ci`` profile (tests/conftest.py); ``GITSTAFETTE_FUZZ_EXAMPLES=N`` for long runs.
 """
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from gitstafette.config import Secret, Watchlist
 from gitstafette.exceptions import WebhookRejected
 from gitstafette.github.signature import WebhookSecrets, signature_problem
-from gitstafette.github.webhook import parse_webhook, repository_in_body
+from gitstafette.github.webhook import parse_webhook, repository_in_body, webhook_payload
 from gitstafette.model import WebhookEvent
 from tests.github.strategies import (
     CONTENT_TYPES,
@@ -26,6 +27,7 @@ from tests.github.strategies import (
     REPOSITORY_NAMES,
     WebhookRequest,
     bodies,
+    expected_payload,
     header_values,
     webhook_requests,
 )
@@ -57,16 +59,18 @@ def _parse(request: WebhookRequest, watchlist: Watchlist, known: dict[str, str] 
 
 
 @given(webhook_requests(), st.sampled_from(WATCHLISTS), st.sampled_from(KNOWN_NAMES))
-def test_a_webhook_is_routed_to_a_watched_repository_or_refused_with_400_or_406(
+def test_a_webhook_is_routed_to_a_watched_repository_or_refused_with_400_406_or_415(
     request: WebhookRequest, watchlist: Watchlist, known: dict[str, str] | None
 ) -> None:
+    headers = request.by_name()
     try:
         event = _parse(request, watchlist, known)
     except WebhookRejected as exc:
-        assert exc.status_code in (400, 406), exc
+        assert exc.status_code in (400, 406, 415), exc
         assert exc.detail
+        if exc.status_code == 415:
+            assert expected_payload(request.body, headers.get("content-type")) == 415
         return
-    headers = request.by_name()
     assert event.body is request.body
     assert event.delivery_id == headers["x-github-delivery"].strip() != ""
     assert event.event_type == headers["x-github-event"].strip() != ""
@@ -77,7 +81,10 @@ def test_a_webhook_is_routed_to_a_watched_repository_or_refused_with_400_or_406(
     if target_type == "repository" and target_id:
         assert event.repository_id == target_id
     else:
+        # Routed by its body: a GitHub payload, whose repository it is.
         assert event.repository_id.isdigit()
+        payload = expected_payload(request.body, headers.get("content-type"))
+        assert isinstance(payload, dict) and str(payload["repository"]["id"]) == event.repository_id
     # Only GitHub's headers, Content-Type and User-Agent travel on, in the order received, values untouched.
     assert [(n.lower(), v) for n, v in event.headers] == [(n.lower(), v) for n, v in request.headers if _relayed(n)]
 
@@ -88,7 +95,7 @@ def test_a_webhook_is_routed_to_a_watched_repository_or_refused_with_400_or_406(
     st.sampled_from(["utf-8", "utf-16", "utf-32", "form"]),
     st.booleans(),
 )
-def test_the_repository_in_the_body_routes_an_organization_hook_in_every_encoding(
+def test_the_repository_in_the_body_routes_an_organization_hook_sent_as_json_or_form(
     repository_id: str, name: str, encoding: str, as_number: bool
 ) -> None:
     payload = {"action": "opened", "repository": {"id": int(repository_id) if as_number else repository_id}}
@@ -106,9 +113,36 @@ def test_the_repository_in_the_body_routes_an_organization_hook_in_every_encodin
         ("X-GitHub-Hook-Installation-Target-Type", "organization"),
         ("Content-Type", content_type),
     ]
+    if encoding in ("utf-16", "utf-32"):
+        # json.loads would guess these; JSON is UTF-8 (RFC 8259), as GitHub sends it: refused, not guessed.
+        try:
+            _parse(WebhookRequest(headers, body), WATCHLISTS[0], None)
+        except WebhookRejected as exc:
+            assert exc.status_code == 400 and "not JSON in UTF-8" in exc.detail
+        else:
+            raise AssertionError(f"a {encoding} body was routed")
+        assert repository_in_body(body, content_type) == ("", "")
+        return
     event = _parse(WebhookRequest(headers, body), WATCHLISTS[0], None)
     assert (event.repository_id, event.repository_name) == (repository_id, name)
+    assert event.body is body
     assert repository_in_body(body, content_type) == (repository_id, name)
+
+
+@given(bodies(), st.one_of(st.sampled_from(CONTENT_TYPES), header_values(), st.none()))
+def test_a_body_is_a_payload_or_refused_with_400_or_415_as_the_contract_says(
+    body: bytes, content_type: str | None
+) -> None:
+    expected = expected_payload(body, content_type)
+    try:
+        payload = webhook_payload(body, content_type)
+    except WebhookRejected as exc:
+        assert exc.status_code == (415 if expected == 415 else 400), (exc, expected)
+        assert expected is None or expected == 415, (exc, expected)
+        assert exc.detail
+        return
+    assert isinstance(payload, dict)
+    assert payload == expected
 
 
 @given(bodies(), st.one_of(st.sampled_from(CONTENT_TYPES), header_values()))

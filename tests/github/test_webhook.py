@@ -7,7 +7,7 @@ import pytest
 
 from gitstafette.config import Watchlist
 from gitstafette.exceptions import WebhookRejected
-from gitstafette.github.webhook import parse_webhook, repository_in_body
+from gitstafette.github.webhook import parse_webhook, repository_in_body, routed_by_header, webhook_payload
 from gitstafette.model import WebhookEvent
 from tests.utils import FIXTURES, github_request
 
@@ -30,6 +30,20 @@ def rejected(
 ) -> WebhookRejected:
     with pytest.raises(WebhookRejected) as caught:
         parse(headers, body, watchlist)
+    return caught.value
+
+
+FORM = "application/x-www-form-urlencoded"
+
+
+def as_form(payload: bytes) -> bytes:
+    """What a hook with content type "form" sends: the JSON URL-encoded as its one field."""
+    return urlencode({"payload": payload.decode()}).encode()
+
+
+def payload_refusal(body: bytes, content_type: str | None = "application/json") -> WebhookRejected:
+    with pytest.raises(WebhookRejected) as caught:
+        webhook_payload(body, content_type)
     return caught.value
 
 
@@ -57,10 +71,14 @@ def test_repository_hook_is_routed_by_the_target_id_header() -> None:
 def test_repository_hook_body_is_not_parsed_when_the_header_routes_it() -> None:
     headers, _, _ = github_request(FIXTURES / "push.0.json")
     headers["X-GitHub-Hook-Installation-Target-ID"] = "42"
-    # The header wins over the body, and the body is relayed as is, even when it is not JSON.
+    assert routed_by_header(headers | {k.lower(): v for k, v in headers.items()}) == "42"
+    # The header wins over the body. Its body is judged only after the signature check (Ingest, tested
+    # through a server in tests/server/test_http_ingest.py), so parse_webhook routes even one that is not JSON.
     assert parse(headers, FIXTURES.joinpath("ping.0.json").read_bytes()).repository_id == "42"
     event = parse(headers, b"\x00not json\xff", Watchlist.parse("42"))
     assert (event.repository_id, event.body) == ("42", b"\x00not json\xff")
+    event = parse({**headers, "Content-Type": "text/plain"}, b"{}", Watchlist.parse("42"))
+    assert event.repository_id == "42"
 
 
 @pytest.mark.parametrize("target_type", ["organization", "integration", "Organization"])
@@ -127,13 +145,16 @@ def test_unwatched_repository_is_refused_with_406() -> None:
     assert rejected(headers, body, Watchlist.parse("")).status_code == 406
 
 
+@pytest.mark.parametrize("form", [False, True])
 @pytest.mark.parametrize("fixture", ["organization.member_added.0.json", "installation.created.1.json"])
-def test_event_without_a_repository_is_refused_with_406(fixture: str) -> None:
+def test_event_without_a_repository_is_refused_with_406(fixture: str, form: bool) -> None:
     headers, body, repository_id = github_request(FIXTURES / fixture)
     assert repository_id == ""
+    if form:
+        headers["Content-Type"], body = FORM, as_form(body)
     error = rejected(headers, body)
     assert error.status_code == 406
-    assert "repository" in error.detail
+    assert "without a repository" in error.detail
 
 
 @pytest.mark.parametrize(
@@ -155,9 +176,12 @@ def test_body_repository_without_a_usable_id_is_refused_with_406(repository: obj
     assert rejected(headers, body).status_code == 406
 
 
-def test_body_that_is_not_an_object_is_refused_with_406() -> None:
+@pytest.mark.parametrize("body", [b'["repository", {"id": 1}]', b'"repository"', b"186853002", b"null", b"true"])
+def test_organization_hook_whose_body_is_not_an_object_is_refused_with_400(body: bytes) -> None:
     headers, _ = org_hook("push.1.json")
-    assert rejected(headers, b'["repository", {"id": 1}]').status_code == 406
+    error = rejected(headers, body)
+    assert error.status_code == 400
+    assert "not the JSON object of a GitHub payload" in error.detail
 
 
 def test_repository_id_given_as_a_string_in_the_body_is_accepted() -> None:
@@ -241,3 +265,106 @@ def test_only_github_signature_content_type_and_user_agent_headers_are_relayed()
     )
     assert event.header("authorization") is None
     assert "s3cr3t" not in repr(event)
+
+
+# ---- the body: a JSON object, as JSON or as the payload field of a form --------------------------------
+
+
+@pytest.mark.parametrize("content_type", [None, "", "application/json", "Application/JSON; charset=utf-8"])
+def test_a_json_body_is_the_payload(content_type: str | None) -> None:
+    """A missing Content-Type counts as JSON: the original's gRPC clients push events without one."""
+    body = (FIXTURES / "push.0.json").read_bytes()
+    assert webhook_payload(body, content_type) == json.loads(body)
+
+
+@pytest.mark.parametrize("content_type", [FORM, f"{FORM}; charset=utf-8", FORM.upper()])
+def test_a_form_body_carries_the_payload_in_its_payload_field(content_type: str) -> None:
+    body = (FIXTURES / "push.0.json").read_bytes()
+    assert webhook_payload(as_form(body), content_type) == json.loads(body)
+    # Non-ASCII text percent-encoded as UTF-8; another field beside it is tolerated.
+    form = urlencode([("payload", '{"zen": "ça va ✓"}'), ("other", "x")]).encode()
+    assert webhook_payload(form, content_type) == {"zen": "ça va ✓"}
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b"hello", "body is not valid JSON: Expecting value: line 1 column 1 (char 0)"),
+        (b'{"repository": {"id": 1', "body is not valid JSON (it ends too soon: truncated?)"),
+        (b"{} {}", "body is not valid JSON: Extra data"),
+        (b"[1,2]", "body is a JSON array, not the JSON object of a GitHub payload"),
+        (b'"hello"', "body is a JSON string, not"),
+        (b"42", "body is a JSON number, not"),
+        (b"false", "body is JSON true or false, not"),
+        (b"null", "body is JSON null, not"),
+        (b'{"zen": "\xe9"}', "body is not JSON in UTF-8: invalid continuation byte at byte 9"),
+        ('{"zen": "ça"}'.encode("utf-16"), "body is not JSON in UTF-8"),
+        (b"\xef\xbb\xbf{}", "body is not valid JSON"),
+        (b'{"id": NaN}', "body is not valid JSON: NaN is not JSON"),
+        (b'{"id": ' + b"9" * 5000 + b"}", "body is not valid JSON: Exceeds the limit"),
+        (b"[" * 100_000, "body is not a GitHub payload: JSON nested too deeply"),
+    ],
+)
+def test_a_body_that_is_not_a_json_object_is_refused_with_400_saying_why(body: bytes, detail: str) -> None:
+    error = payload_refusal(body)
+    assert error.status_code == 400
+    assert error.detail.startswith(detail), error.detail
+
+
+@pytest.mark.parametrize(
+    ("form", "detail"),
+    [
+        (b"data=%7B%7D", "form-encoded body without a payload field"),
+        (b"payload={}&payload={}", "form-encoded body with 2 payload fields"),
+        (b"a=1&" * 100, "form-encoded body not understood"),
+        ('payload={"zen": "ça"}'.encode(), "form-encoded body is not URL-encoded: byte 17 is not ASCII"),
+        (b"payload=", "the payload field of the form is not valid JSON"),
+        (b"payload=%7Bnot+json", "the payload field of the form is not valid JSON"),
+        (b"payload=%5B1%2C2%5D", "the payload field of the form is a JSON array, not"),
+        (b"payload=%22x%22", "the payload field of the form is a JSON string, not"),
+        (b"payload=%7B%22zen%22%3A%22%E9%22%7D", "the payload field of the form is not JSON in UTF-8"),
+        (b"payload=" + b"%5B" * 100_000, "the payload field of the form is not a GitHub payload: JSON nested"),
+        (b'{"repository": {"id": 1}}', "form-encoded body without a payload field"),
+    ],
+)
+def test_a_form_that_is_not_githubs_is_refused_with_400_saying_why(form: bytes, detail: str) -> None:
+    error = payload_refusal(form, FORM)
+    assert error.status_code == 400
+    assert error.detail.startswith(detail), error.detail
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "multipart/form-data; boundary=x", "application/xml", "application/json-seq", ";"]
+)
+def test_another_content_type_is_refused_with_415_naming_the_two_accepted(content_type: str) -> None:
+    error = payload_refusal(b"{}", content_type)
+    assert error.status_code == 415
+    assert repr(content_type) in error.detail
+    assert "application/json" in error.detail and "application/x-www-form-urlencoded" in error.detail
+
+
+def test_organization_hook_of_another_content_type_is_refused_with_415() -> None:
+    headers, body = org_hook("push.1.json")
+    headers["Content-Type"] = "text/plain"
+    assert rejected(headers, body).status_code == 415
+
+
+def test_form_encoded_repository_hook_learns_the_name_from_its_payload() -> None:
+    headers, body, _ = github_request(FIXTURES / "push.0.json")
+    headers["Content-Type"] = FORM
+    event = parse_webhook(
+        {k.lower(): v for k, v in headers.items()}, list(headers.items()), as_form(body), EVERYTHING, RECEIVED_NS, {}
+    )
+    assert (event.repository_id, event.repository_name) == (HELLO_WORLD_ID, "Codertocat/Hello-World")
+    assert event.body == as_form(body)
+    assert event.header("content-type") == FORM
+
+
+def test_the_repository_in_a_body_that_is_not_a_payload_is_none() -> None:
+    body = (FIXTURES / "push.0.json").read_bytes()
+    assert repository_in_body(body) == (HELLO_WORLD_ID, "Codertocat/Hello-World")
+    assert repository_in_body(body, None) == (HELLO_WORLD_ID, "Codertocat/Hello-World")
+    assert repository_in_body(as_form(body), FORM) == (HELLO_WORLD_ID, "Codertocat/Hello-World")
+    assert repository_in_body(body, "text/plain") == ("", "")
+    assert repository_in_body(body, FORM) == ("", "")
+    assert repository_in_body(b'[{"repository": {"id": 1}}]') == ("", "")

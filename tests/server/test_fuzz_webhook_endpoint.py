@@ -1,7 +1,8 @@
 """Fuzzing ``POST /v1/github/`` of a real server process with hypothesis: random methods, headers, content
 types, encodings, bodies (broken or deeply nested JSON, forms, random bytes, sizes around the limit), sent
-as raw HTTP/1.1 with a Content-Length or chunked. The server never answers 5xx and stays up, and what it
-stored afterwards is exactly what it answered 201 for, byte for byte.
+as raw HTTP/1.1 with a Content-Length or chunked. The server never answers 5xx and stays up, it answers 201 only
+for a GitHub payload (a JSON object, as JSON or as a form's ``payload``) and 415 only for a content type GitHub
+does not send, and what it stored afterwards is exactly what it answered 201 for, byte for byte.
 
 Examples per server: the ``ci`` profile (tests/conftest.py); ``GITSTAFETTE_FUZZ_EXAMPLES=N`` for long runs.
 """
@@ -20,7 +21,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.github.strategies import HELLO_WORLD_ID, OCTOCODERS_ID, WebhookRequest, bodies, one_in, webhook_requests
+from tests.github.strategies import (
+    HELLO_WORLD_ID,
+    OCTOCODERS_ID,
+    WebhookRequest,
+    bodies,
+    expected_payload,
+    one_in,
+    webhook_requests,
+)
 from tests.security.utils import sign
 from tests.server.test_http_ingest import SOCKET_TIMEOUT_S, connect, read_response
 from tests.utils import ServerProcess, running_server
@@ -133,8 +142,12 @@ def test_the_webhook_endpoint_never_answers_5xx_and_stores_only_what_it_answered
         statuses[status] = statuses.get(status, 0) + 1
         assert status < 500, (status, answer, request)
         assert server.alive(), server.log()
+        payload = expected_payload(request.webhook.body, request.webhook.by_name().get("content-type"))
+        if status == 415:
+            assert payload == 415, (answer, request)
         if status == 201:
             assert request.method == "POST"
+            assert isinstance(payload, dict), (answer, request)
             stored = json.loads(answer)
             key = (stored["repository_id"], stored["delivery_id"], stored["sequence"])
             assert key not in accepted, f"201 twice for {key}"

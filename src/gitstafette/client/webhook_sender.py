@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import typer
 
 from gitstafette import __version__
 from gitstafette.constants import (
@@ -17,7 +18,9 @@ from gitstafette.constants import (
     HEADER_TARGET_ID,
     HEADER_TARGET_TYPE,
 )
+from gitstafette.exceptions import WebhookRejected
 from gitstafette.github.signature import signature_256
+from gitstafette.github.webhook import JSON_CONTENT_TYPE, webhook_payload
 
 __all__ = ["event_from_file_name", "github_headers", "send_webhook", "signature_256"]
 
@@ -51,7 +54,7 @@ def github_headers(
         HEADER_EVENT: event,
         HEADER_DELIVERY: delivery_id or str(uuid.uuid4()),
         "User-Agent": f"GitHub-Hookshot/gitstafette-{__version__}",
-        "Content-Type": "application/json",
+        "Content-Type": JSON_CONTENT_TYPE,
     }
     target_type, target_id = _target(payload, repository_id)
     if target_type:
@@ -65,8 +68,17 @@ def github_headers(
 def send_webhook(
     path: Path, url: str, *, event: str = "", secret: str = "", repository_id: str = "", timeout_s: float = 30.0
 ) -> tuple[dict[str, str], httpx.Response]:
-    """POST the payload file ``path`` to ``url``; the headers sent and the response."""
+    """POST the payload file ``path`` to ``url``; the headers sent and the response.
+
+    :raises typer.BadParameter: the file is not a JSON object, which a server refuses with 400 (a usage
+        error, printed as such by the CLI before anything is sent).
+    """
     body = path.read_bytes()
+    try:
+        webhook_payload(body, JSON_CONTENT_TYPE)
+    except WebhookRejected as exc:
+        # BadParameter: click prints it as a usage error naming the argument, without a traceback.
+        raise typer.BadParameter(f"{path} is not a webhook payload: {exc.detail}", param_hint="'FILE'") from None
     headers = github_headers(body, event or event_from_file_name(path), secret=secret, repository_id=repository_id)
     with httpx.Client(timeout=timeout_s) as http:
         response = http.post(url, content=body, headers=headers)

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gitstafette import __version__
 from gitstafette.config import ServerConfig
 from gitstafette.exceptions import StoreError, WebhookRejected
-from gitstafette.github.webhook import parse_webhook
+from gitstafette.github.webhook import parse_webhook, routed_by_header
 from gitstafette.model import AuditRecord, DeadLetter, WebhookEvent
 from gitstafette.server.audit import AuditLog
 from gitstafette.server.auth import Authenticator
@@ -195,7 +195,8 @@ class _Endpoints:
             logger.info("webhook sender went away before the body was complete")
             await _send_response(send, 400, [(b"content-length", b"0")], b"")  # starlette's Response(status_code=400)
             return
-        outcome = await self.ingest.store_event(event)
+        # An organization or App hook was routed by its body, which parse_webhook has then parsed.
+        outcome = await self.ingest.store_event(event, body_checked=not routed_by_header(headers))
         if event.repository_name and outcome.status_code in (201, 204):
             self.names[event.repository_id] = event.repository_name
         if outcome.status_code == 204:

@@ -7,8 +7,9 @@ from dataclasses import dataclass, replace
 
 from gitstafette.config import ServerConfig
 from gitstafette.constants import HEADER_SIGNATURE_256
-from gitstafette.exceptions import StoreError
+from gitstafette.exceptions import StoreError, WebhookRejected
 from gitstafette.github.signature import WebhookSecrets
+from gitstafette.github.webhook import webhook_payload
 from gitstafette.logs import bind_event
 from gitstafette.model import WebhookEvent
 from gitstafette.server.metrics import ServerMetrics
@@ -33,7 +34,13 @@ class Outcome:
 
 
 class Ingest:
-    """Checks an incoming event (watched repository, signature) and stores it.
+    """Checks an incoming event (watched repository, signature, body) and stores it.
+
+    The checks, in this order: 406 for a repository that is not watched; 401 for a signature that is
+    missing or wrong while a secret applies; 415 or 400 for a body that is not a GitHub payload (a JSON
+    object, or a form whose ``payload`` is one). The body comes after the signature so that a sender
+    without the secret is told 401 and nothing about what it sent; the watchlist it may learn of is
+    public (``GET /v1/watchlist``). Nothing refused is stored.
 
     :param secrets: the webhook secrets; replaced as a whole when they are reloaded.
     """
@@ -56,20 +63,25 @@ class Ingest:
         self.metrics.webhooks(repository_id, event_type, outcome.outcome).inc()
         return outcome
 
-    async def store_event(self, event: WebhookEvent) -> Outcome:
+    async def store_event(self, event: WebhookEvent, *, body_checked: bool = False) -> Outcome:
+        """Check ``event`` and store it; how it was answered.
+
+        :param body_checked: the body is already known to be a payload (the HTTP endpoint parsed it to
+            route an organization or App hook), so it is not parsed again.
+        """
         if tracing.tracer is None:
             bind_event(event.delivery_id)  # the rest of this request's log lines are about it
-            outcome = await self._store_event(event)
+            outcome = await self._store_event(event, body_checked)
         else:
-            outcome = await self._store_event_traced(event, tracing.tracer)
+            outcome = await self._store_event_traced(event, body_checked, tracing.tracer)
         return self.count(outcome, event.repository_id, event.event_type)
 
-    async def _store_event_traced(self, event: WebhookEvent, tracer: tracing.Tracer) -> Outcome:
+    async def _store_event_traced(self, event: WebhookEvent, body_checked: bool, tracer: tracing.Tracer) -> Outcome:
         """The ``ingest`` span (under the HTTP or gRPC server span, if any); the event keeps its context."""
         with tracer.start_as_current_span("ingest", attributes=tracing.event_attributes(event)) as span:
             bind_event(event.delivery_id, format(span.get_span_context().trace_id, "032x"))
             event = replace(event, trace_context=tracing.current_trace_context())
-            outcome = await self._store_event(event)
+            outcome = await self._store_event(event, body_checked)
             span.set_attribute("gitstafette.outcome", outcome.outcome)
             if outcome.event is not None:
                 span.set_attribute("gitstafette.sequence", outcome.event.sequence)
@@ -83,7 +95,7 @@ class Ingest:
         with tracing.tracer.start_as_current_span("store append", attributes={"db.system": self.store_system}):
             return await self.store.append(event)
 
-    async def _store_event(self, event: WebhookEvent) -> Outcome:
+    async def _store_event(self, event: WebhookEvent, body_checked: bool) -> Outcome:
         if not event.delivery_id:
             return Outcome(400, "the event has no delivery id", "rejected-invalid")
         if not self.config.repositories.watches(event.repository_id, event.repository_name):
@@ -95,6 +107,12 @@ class Ingest:
             logger.warning("delivery %s for repository %s refused: %s", event.delivery_id, event.repository_id, problem)
             sentry.report(f"webhook signature check failed: {problem}", "signature-failure", event, status=401)
             return Outcome(401, f"signature check failed: {problem}", "rejected-signature")
+        if not body_checked:
+            try:
+                webhook_payload(event.body, event.header("content-type"))
+            except WebhookRejected as exc:
+                logger.info("delivery %s for repository %s refused: %s", event.delivery_id, event.repository_id, exc)
+                return Outcome(exc.status_code, exc.detail, "rejected-invalid")
         try:
             result = await self._append(event)
         except StoreError as exc:
