@@ -494,7 +494,7 @@ def hash_token() -> None:
     typer.echo(sha256_of(token))
 
 
-@app.command(short_help="Relay one webhook through a local server, client and target.")
+@app.command(short_help="Relay two webhooks through a local server, client and target.")
 def demo(
     payload: Annotated[
         Path | None, typer.Option(help="A webhook payload file to send instead of the built-in push event.")
@@ -502,7 +502,8 @@ def demo(
     event: Annotated[str, typer.Option(help="The X-GitHub-Event of the payload.")] = "push",
     log_level: Annotated[str, typer.Option(envvar="GITSTAFETTE_LOG_LEVEL", help=LOG_LEVEL_HELP)] = "warning",
 ) -> None:
-    """Relay one webhook through a server, a client and a target on free local ports, and show what arrived."""
+    """Relay two webhooks through a server, a client and a target on free local ports (the second shows the
+    relay warm), and show what arrived."""
     from gitstafette.demo import builtin_payload, run_demo
 
     _configure_logging(log_level)

@@ -1,4 +1,5 @@
-"""``gitstafette demo``: a server, a client and a target on free loopback ports, and one webhook through them."""
+"""``gitstafette demo``: a server, a client and a target on free loopback ports, and two webhooks through them
+(the second shows the relay warm)."""
 
 from __future__ import annotations
 
