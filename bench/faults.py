@@ -22,8 +22,6 @@ runs the same drills in a short form (tests/drills/test_faults.py). See bench/RE
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
 import shutil
 import signal
@@ -40,15 +38,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script: the test helpers start the processes
-    sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:  # run as `python bench/faults.py`: the repository root, for bench._lib and the
+    sys.path.insert(0, str(ROOT))  # test helpers that start the processes
 
 import httpx  # noqa: E402
+from bench._lib import RESULTS  # noqa: E402
+from bench._lib.report import utc_stamp, write_report  # noqa: E402
 from tests.client.utils import PUSH, ClientProcess, Recorded, RecordingTarget  # noqa: E402
 from tests.redis_utils import RedisServer  # noqa: E402
 from tests.utils import ServerProcess, github_request  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 DRILLS = ("server-kill", "client-kill", "target-stop", "redis-restart", "server-pause")
 #: how long one POST may take before the sender gives up on it and posts it again
 POST_TIMEOUT_S = 2.0
@@ -481,18 +480,14 @@ def main(argv: list[str] | None = None) -> int:
         results.append(run_drill(name, options))
     report = {
         "bench": "faults",
-        "time": dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ"),
+        "time": utc_stamp(),
         "nproc": os.cpu_count(),
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),
         "drills": [asdict(r) for r in results],
     }
     print(_table(results))
-    line = json.dumps(report, separators=(",", ":"))
-    print(line)
-    if not args.no_save:
-        args.results.mkdir(parents=True, exist_ok=True)
-        (args.results / f"faults-{report['time']}.json").write_text(line + "\n")
+    write_report(report, args.results, f"faults-{report['time']}.json", not args.no_save)
     return 0 if all(r.ok for r in results) else 1
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The floor of one repository's delivery rate: the client's own ``HttpTarget`` posting a webhook one at a
-time, each after the previous answer, to the target of ``bench/relay.py`` in a process of its own.
+time, each after the previous answer, to the target of ``bench/relay.py`` (``bench/_lib/target.py``) in a
+process of its own.
 
 Events of one repository reach the target in order, so the client's lane for it sends one POST at a time.
 Whatever the server and the gRPC stream do, that lane cannot deliver faster than this. Compare it with the
@@ -25,10 +26,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as `python bench/one_lane.py`: the repository root, for bench._lib
+    sys.path.insert(0, str(ROOT))
 
-from ingest import DEFAULT_FIXTURE, machine  # noqa: E402
-from relay import Recorder, start_target  # noqa: E402
+from bench._lib.report import machine  # noqa: E402
+from bench._lib.sender import DEFAULT_FIXTURE  # noqa: E402
+from bench._lib.target import Recorder, start_target  # noqa: E402
 
 from gitstafette.client.relay import HttpTarget  # noqa: E402
 from gitstafette.loops import event_loop_factory  # noqa: E402

@@ -24,18 +24,12 @@ import argparse
 import array
 import asyncio
 import contextlib
-import datetime as dt
-import hashlib
 import json
-import os
 import re
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
@@ -45,35 +39,45 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as `python bench/relay.py`: the repository root, for bench._lib
+    sys.path.insert(0, str(ROOT))
 
-# Shared with the server benchmark: the webhook as GitHub sends it, the raw keep-alive HTTP client, the
-# server process, CPU accounting, py-spy and the report helpers.
-from ingest import (  # noqa: E402
-    DEFAULT_FIXTURE,
-    MAX_RECONNECTS,
-    REQUEST_TIMEOUT_S,
-    RESULTS,
-    ROOT,
-    CpuWindow,
-    HttpConnection,
-    PySpy,
+from bench._lib.cpu import CpuWindow, PySpy, self_cpu, wait_quiet  # noqa: E402
+from bench._lib.processes import (  # noqa: E402
+    STORE_HELP,
+    ClientUnderTest,
     ServerUnderTest,
-    Webhook,
-    _latency_text,
-    _print_profile,
-    _rows,
-    _store_url,
-    delivery_id,
-    has_uvloop,
+    client_counters,
+    raise_on_sigterm,
+    resolve_store,
+    server_counters,
+)
+from bench._lib.report import (  # noqa: E402
+    add_report_options,
+    argument_parser,
+    commit_text,
+    git_state,
+    latency_text,
     machine,
     pct,
     percentiles,
-    self_cpu,
-    server_counters,
-    wait_quiet,
+    print_goals,
+    print_profile,
+    rows,
+    utc_stamp,
     write_report,
 )
+from bench._lib.sender import (  # noqa: E402
+    DEFAULT_FIXTURE,
+    MAX_RECONNECTS,
+    REQUEST_TIMEOUT_S,
+    HttpConnection,
+    Webhook,
+    delivery_id,
+    has_uvloop,
+)
+from bench._lib.target import CHECKED_HEADERS, Recorder, digest, start_target  # noqa: E402
 
 GOAL_LATENCY_P50_MS = 1.0
 GOAL_LATENCY_P99_MS = 5.0
@@ -84,167 +88,6 @@ GOAL_THROUGHPUT_P50_MS = 50.0
 MAX_LOST_IN_A_ROW = 5
 #: How often the wait for the last arrivals of measure B looks at what arrived.
 DRAIN_POLL_S = 0.02
-#: Headers the relay must pass on unchanged (DESIGN.md, client delivery), compared per arrival.
-CHECKED_HEADERS = (
-    b"x-github-event",
-    b"x-github-delivery",
-    b"x-github-hook-id",
-    b"x-github-hook-installation-target-type",
-    b"x-github-hook-installation-target-id",
-    b"content-type",
-    b"user-agent",
-)
-_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
-_RESPONSE_CLOSE = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-#: Largest request head the target accepts (GitHub's headers are under 1 KB).
-MAX_HEAD_BYTES = 64 * 1024
-
-
-def digest(body: bytes) -> bytes:
-    return hashlib.blake2b(body, digest_size=16).digest()
-
-
-# ---------------------------------------------------------------------------------------------------
-# The target: a minimal HTTP/1.1 server that records every request
-
-
-@dataclass
-class Arrival:
-    at_ns: int  # perf_counter_ns() when the last byte of the request was handed to the target
-    body_digest: bytes
-    headers: bytes  # the CHECKED_HEADERS values, newline-joined, to compare with what was sent
-
-
-class Recorder:
-    """Every request the target received, by delivery id, in arrival order."""
-
-    def __init__(self) -> None:
-        self.arrivals: dict[str, list[Arrival]] = {}
-        self.order: list[str] = []  # delivery ids in arrival order, one entry per arrival
-        self.waiting: dict[str, asyncio.Future[int]] = {}
-        self.requests = 0
-        self.bad_requests = 0
-        self.connections = 0
-
-    def record(self, delivery: str, arrival: Arrival) -> None:
-        self.requests += 1
-        self.order.append(delivery)
-        known = self.arrivals.get(delivery)
-        if known is None:
-            self.arrivals[delivery] = [arrival]
-            future = self.waiting.pop(delivery, None)
-            if future is not None and not future.done():
-                future.set_result(arrival.at_ns)
-        else:
-            known.append(arrival)
-
-    def expect(self, delivery: str) -> asyncio.Future[int]:
-        """A future resolved with the arrival time of ``delivery`` (at once if it arrived already)."""
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        if (known := self.arrivals.get(delivery)) is not None:
-            future.set_result(known[0].at_ns)
-        else:
-            self.waiting[delivery] = future
-        return future
-
-    def forget(self, delivery: str) -> None:
-        future = self.waiting.pop(delivery, None)
-        if future is not None:
-            future.cancel()
-
-
-class TargetProtocol(asyncio.Protocol):
-    """HTTP/1.1 keep-alive, Content-Length or chunked bodies, answers ``200`` with an empty body."""
-
-    def __init__(self, recorder: Recorder) -> None:
-        self.recorder = recorder
-        self.buffer = bytearray()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport
-        self.recorder.connections += 1
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def data_received(self, data: bytes) -> None:
-        now = time.perf_counter_ns()
-        buffer = self.buffer
-        buffer += data
-        while self.transport is not None:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buffer) > MAX_HEAD_BYTES:
-                    self._fail()
-                return
-            lines = bytes(buffer[:end]).split(b"\r\n")
-            headers: dict[bytes, bytes] = {}
-            for line in lines[1:]:
-                name, _, value = line.partition(b":")
-                headers[name.strip().lower()] = value.strip()
-            start = end + 4
-            if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
-                found = _dechunk(buffer, start)
-                if found is None:
-                    return
-                body, consumed = found
-            else:
-                length_text = headers.get(b"content-length", b"0")
-                if not length_text.isdigit():
-                    self._fail()
-                    return
-                consumed = start + int(length_text)
-                if len(buffer) < consumed:
-                    return
-                body = bytes(buffer[start:consumed])
-            del buffer[:consumed]
-            checked = b"\n".join(headers.get(name, b"") for name in CHECKED_HEADERS)
-            delivery = headers.get(b"x-github-delivery", b"").decode("latin-1")
-            self.recorder.record(delivery, Arrival(now, digest(body), checked))
-            close = headers.get(b"connection", b"").lower() == b"close" or lines[0].endswith(b"HTTP/1.0")
-            self.transport.write(_RESPONSE_CLOSE if close else _RESPONSE)
-            if close:
-                self.transport.close()
-                self.transport = None
-
-    def _fail(self) -> None:
-        self.recorder.bad_requests += 1
-        if self.transport is not None:
-            self.transport.write(_BAD_REQUEST)
-            self.transport.close()
-            self.transport = None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-
-
-def _dechunk(buffer: bytearray, start: int) -> tuple[bytes, int] | None:
-    """(body, bytes consumed up to the end of the request) of a complete chunked body, else None."""
-    chunks: list[bytes] = []
-    at = start
-    while True:
-        line_end = buffer.find(b"\r\n", at)
-        if line_end < 0:
-            return None
-        size = int(bytes(buffer[at:line_end]).split(b";")[0].strip() or b"0", 16)
-        at = line_end + 2
-        if size == 0:
-            trailer_end = buffer.find(b"\r\n\r\n", at - 2)
-            return (b"".join(chunks), trailer_end + 4) if trailer_end >= 0 else None
-        if len(buffer) < at + size + 2:
-            return None
-        chunks.append(bytes(buffer[at : at + size]))
-        at += size + 2
-
-
-async def start_target(recorder: Recorder, host: str, port: int) -> asyncio.base_events.Server:
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: TargetProtocol(recorder), host, port, backlog=1024, reuse_address=True)
-
-
 # ---------------------------------------------------------------------------------------------------
 # The webhooks
 
@@ -252,7 +95,7 @@ async def start_target(recorder: Recorder, host: str, port: int) -> asyncio.base
 class Webhooks:
     """Pre-built requests for one destination (the server, or the target directly).
 
-    The headers are ``ingest.Webhook``'s (GitHub's set). With ``unique_bodies`` each body also carries its
+    The headers are ``bench._lib.sender.Webhook``'s (GitHub's set). With ``unique_bodies`` each body also carries its
     delivery id (``{"bench_delivery": "<id>", …the fixture…}``, same length for all), so a body delivered
     with another event's headers is caught. ``repositories`` spreads the webhooks over several
     repository ids (``X-GitHub-Hook-Installation-Target-ID``), round robin by index.
@@ -285,7 +128,7 @@ class Webhooks:
         self.body_bytes = length
         old_length = f"Content-Length: {plain.body_bytes}\r\n".encode()
         old_target = f"X-GitHub-Hook-Installation-Target-ID: {plain.repository_id}\r\n".encode()
-        assert old_length in plain.head and old_target in plain.head, "ingest.Webhook's header layout changed"
+        assert old_length in plain.head and old_target in plain.head, "Webhook's header layout changed"
         self.heads = [
             plain.head.replace(old_length, f"Content-Length: {length}\r\n".encode()).replace(
                 old_target, f"X-GitHub-Hook-Installation-Target-ID: {repository}\r\n".encode()
@@ -328,110 +171,6 @@ class Webhooks:
     def expected_headers(self, index: int, delivery: str) -> bytes:
         values = self._expected_headers[index % len(self.heads)]
         return b"\n".join(delivery.encode("ascii") if v is None else v for v in values)
-
-
-# ---------------------------------------------------------------------------------------------------
-# The processes under test
-
-
-class ClientUnderTest(ServerUnderTest):
-    """``python -m gitstafette client`` started by the bench; stderr drained and stopped as the server is."""
-
-    def __init__(self, command: list[str]) -> None:
-        super().__init__(store="", log_level="", extra=[])
-        self.command = command
-        self.health_port: int | None = None
-
-    def start(self, timeout: float = 30) -> None:
-        self.process = subprocess.Popen(
-            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT
-        )
-        self._drainer = threading.Thread(target=self._drain, daemon=True)
-        self._drainer.start()
-        self.health_port = self._find_health_port(timeout)
-
-    def _find_health_port(self, timeout: float) -> int | None:
-        """The health port it picked: from its log (info level), else from its listening sockets."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                raise RuntimeError("the client exited during startup:\n" + "".join(self.log))
-            for line in list(self.log):
-                if found := re.search(r"listening: health=\S+:(\d+)", line):
-                    return int(found.group(1))
-            ports = listening_ports(self.process.pid)
-            if ports:
-                return ports[0]
-            time.sleep(0.05)
-        return None
-
-    def wait_connected(self, timeout: float = 30) -> bool:
-        """Its /ready answers 200: subscribed on a stream to the server."""
-        import httpx
-
-        if not self.health_port:
-            return False
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                raise RuntimeError("the client exited:\n" + "".join(self.log))
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{self.health_port}/ready", timeout=1).status_code == 200:
-                    return True
-            time.sleep(0.05)
-        return False
-
-
-def listening_ports(pid: int) -> list[int]:
-    """TCP ports process ``pid`` listens on (Linux /proc), in no particular order."""
-    inodes: set[str] = set()
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if link.startswith("socket:["):
-                    inodes.add(link[8:-1])
-    ports: list[int] = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                if len(fields) > 9 and fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                    ports.append(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
-def client_counters(health_port: int | None) -> dict[str, float]:
-    """The client's settled / attempts / received counters, from its /metrics."""
-    import httpx
-
-    if not health_port:
-        return {}
-    try:
-        text = httpx.get(f"http://127.0.0.1:{health_port}/metrics", timeout=10).text
-    except httpx.HTTPError:
-        return {}
-    wanted = r"gitstafette_client_(?:events_settled|delivery_attempts|events_received|connections|connection_failures)"
-    found = re.findall(rf"^({wanted}_total(?:\{{[^}}]*\}})?) (\S+)$", text, re.MULTILINE)
-    return {name.replace("gitstafette_client_", ""): float(value) for name, value in found}
-
-
-def git_state() -> dict[str, Any]:
-    """``git rev-parse HEAD``, ``git status --short src``, and a hash of each changed file (read-only git)."""
-
-    def git(*argv: str) -> str:
-        try:
-            return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.rstrip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    status = git("status", "--short", "--", "src")
-    hashes: dict[str, str] = {}
-    for line in status.splitlines():
-        path = ROOT / line[3:].strip()
-        if path.is_file():
-            hashes[line[3:].strip()] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    return {"head": git("rev-parse", "HEAD") or None, "status_short_src": status, "changed_sha256_16": hashes}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1053,7 +792,7 @@ async def run(args: argparse.Namespace, report: dict[str, Any], stamp: str, star
                 "store": args.store_label or "(external)",
             }
         else:
-            store_url, _ = _store_url(args.store, tmpdir)
+            store_url, _ = resolve_store(args.store, tmpdir)
             server = ServerUnderTest(store_url, "warning", args.server_arg)
             started.append(server)
             await asyncio.to_thread(server.start)
@@ -1068,15 +807,12 @@ async def run(args: argparse.Namespace, report: dict[str, Any], stamp: str, star
             setup = Setup(server.host, server.http_port, "/v1/github/", target_host, target_port,
                           server_pid=server.pid, client_pid=client.pid, client_health_port=client.health_port,
                           server=server, client=client)  # fmt: skip
-            server_command = [sys.executable, "-m", "gitstafette", "server", "--host", server.host,
-                              "--http-port", str(server.http_port), "--grpc-port", str(server.grpc_port),
-                              "--store", store_url, "--log-level", "warning", *args.server_arg]  # fmt: skip
             setup.config = {
                 "mode": "started here",
                 "server": f"pid {server.pid}: HTTP {server.host}:{server.http_port}, gRPC {grpc_target}",
                 "client": f"pid {client.pid}: health 127.0.0.1:{client.health_port}, client id {args.client_id}",
                 "store": store_url,
-                "server_command": " ".join(server_command),
+                "server_command": " ".join(server.command),
                 "client_command": " ".join(command),
             }
             report["client_connected"] = await asyncio.to_thread(client.wait_connected, 30)
@@ -1160,9 +896,7 @@ def _print_header(report: dict[str, Any]) -> None:
         print(f"  {key:<7}  {cfg.get(key, '?')}")
     g = report.get("git_at_start") or report.get("git_at_end") or {}
     if g.get("head"):
-        changed = [line[3:] for line in g["status_short_src"].splitlines()]
-        listed = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
-        print(f"  commit   {g['head']}" + (f" + uncommitted changes in src: {listed}" if changed else ""))
+        print(f"  commit   {commit_text(g)}")
         end = report.get("git_at_end") or {}
         if end and (end.get("head"), end.get("changed_sha256_16")) != (g.get("head"), g.get("changed_sha256_16")):
             print("  NOTE     the sources changed during the run (see git_at_start / git_at_end in the JSON)")
@@ -1182,19 +916,19 @@ def _print_latency(a: dict[str, Any]) -> None:
           f"the previous one arrived ({a['warmup']} warm-up first)")  # fmt: skip
     ratio = a["ratio_relay_to_direct"]
     before = f"{r['arrived_before_answer']} of {r['post_to_target']['n']}"
-    rows = [
-        ("relay: POST -> target received", _latency_text(r["post_to_target"]),
+    table = [
+        ("relay: POST -> target received", latency_text(r["post_to_target"]),
          f"p50/p90/p99/max; goal p50 <= {GOAL_LATENCY_P50_MS:g} ms, p99 <= {GOAL_LATENCY_P99_MS:g} ms"),
-        ("relay: POST -> 201 answer", _latency_text(r["post_to_answer"]),
+        ("relay: POST -> 201 answer", latency_text(r["post_to_answer"]),
          f"the event reached the target before the 201 in {before}"),
-        ("direct: POST -> target received", _latency_text(d["post_to_target"]), "the floor: no relay"),
+        ("direct: POST -> target received", latency_text(d["post_to_target"]), "the floor: no relay"),
         ("relay / direct", f"p50 x{ratio['p50']}, p99 x{ratio['p99']}", ""),
         ("statuses relay | direct", f"{r['statuses']} | {d['statuses']}", ""),
         ("lost / duplicated / body / header mismatches", _count_text(r, ("lost", "duplicated",
          "body_mismatches", "header_mismatches")), "relay"),
         ("CPU during the relay part", _cpu_text(a["cpu_relay_part"]), ""),
     ]  # fmt: skip
-    _rows(rows)
+    rows(table)
 
 
 def _print_throughput(b: dict[str, Any]) -> None:
@@ -1203,14 +937,14 @@ def _print_throughput(b: dict[str, Any]) -> None:
     rate = f" at most {b['rate_per_s']:g}/s," if b.get("rate_per_s") else ""
     print(f"Measure B - throughput: {b['webhooks']} webhooks of {b['body_bytes']:,} B, {b['concurrency']} keep-alive "
           f"senders,{rate} {len(b['repositories'])} repository(ies), {b['warmup']} warm-up first")  # fmt: skip
-    rows = [
+    table = [
         ("accepted (201) per second", f"{r['accepted_per_s'] or 0:,.0f}", f"{r['accepted']} accepted in "
          f"{r['accept_wall_s']:.2f} s"),
         ("delivered per second", f"{r['delivered_per_s'] or 0:,.0f}",
          f"first POST to last arrival, {r['deliver_wall_s']:.2f} s; goal >= {GOAL_DELIVERED_PER_S:,.0f}"),
-        ("end-to-end p50 / p90 / p99 / max", _latency_text(r["end_to_end"]),
+        ("end-to-end p50 / p90 / p99 / max", latency_text(r["end_to_end"]),
          f"goal p50 < {GOAL_THROUGHPUT_P50_MS:g} ms"),
-        ("POST -> 201 p50 / p90 / p99 / max", _latency_text(r["post_to_answer"]), ""),
+        ("POST -> 201 p50 / p90 / p99 / max", latency_text(r["post_to_answer"]), ""),
         ("lost / duplicated / out of order", _count_text(r, ("lost", "duplicated", "out_of_order")),
          "out of order: arrived after a later sequence of its repository"),
         ("body / header mismatches", _count_text(r, ("body_mismatches", "header_mismatches")), ""),
@@ -1219,13 +953,13 @@ def _print_throughput(b: dict[str, Any]) -> None:
         ("CPU", _cpu_text(r["cpu"]), ""),
         ("direct: answered (200) per second", f"{d['accepted_per_s'] or 0:,.0f}", "the floor: same load, "
          "straight to the target"),
-        ("direct: POST -> target p50 / p90 / p99 / max", _latency_text(d["end_to_end"]),
+        ("direct: POST -> target p50 / p90 / p99 / max", latency_text(d["end_to_end"]),
          f"lost {d['lost']}, body mismatches {d['body_mismatches']}"),
         ("relay / direct", f"end-to-end p50 x{b['ratio_relay_to_direct']['p50']}, "
          f"p99 x{b['ratio_relay_to_direct']['p99']}",
          f"the direct floor passes x{b['ratio_direct_to_relay_per_s']} the relay's deliveries per second"),
     ]  # fmt: skip
-    _rows(rows)
+    rows(table)
 
 
 def _print_profiles(report: dict[str, Any]) -> None:
@@ -1236,7 +970,7 @@ def _print_profiles(report: dict[str, Any]) -> None:
             if not spy.get("top_self"):
                 continue
             during = f"measure {'A' if measure == 'latency' else 'B'}"
-            _print_profile(role, during, spy, threads=4, own=10, inclusive=12)
+            print_profile(role, during, spy, threads=4, own=10, inclusive=12)
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -1245,21 +979,15 @@ def print_table(report: dict[str, Any]) -> None:
         _print_latency(a)
     if b := report.get("throughput"):
         _print_throughput(b)
-    if found := report.get("goals"):
-        print()
-        print("Goals: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in found.items()))
+    print_goals(report.get("goals") or {})
     _print_profiles(report)
     print()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=(__doc__ or "").split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argument_parser(__doc__)
     under = parser.add_argument_group("what is measured")
-    under.add_argument("--store", default="sqlite", help="store of the server started here: sqlite (a file in a "
-                       "temporary folder), memory://, a full sqlite:///PATH URL, or redis://HOST:PORT/DB?prefix=NAME "
-                       "(the bench's keys stay there: use a database or prefix of your own)")  # fmt: skip
+    under.add_argument("--store", default="sqlite", help=STORE_HELP)
     under.add_argument("--ingest-url", help="use a server and client that already run: the server's webhook URL "
                        "(e.g. http://127.0.0.1:1323/v1/github/); needs --target-port")  # fmt: skip
     under.add_argument("--target-port", type=int, help="with --ingest-url: the port the running client delivers to "
@@ -1301,9 +1029,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        "relayed part of each measure (needs ptrace rights)")  # fmt: skip
     other.add_argument("--py-spy-rate", type=int, default=200, help="py-spy samples per second")
     other.add_argument("--no-uvloop", action="store_true", help="sender and target on the standard asyncio loop")
-    other.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON results")
-    other.add_argument("--no-save", action="store_true", help="print only, write no file")
-    other.add_argument("--label", default="", help="free text stored with the results")
+    add_report_options(other)
     args = parser.parse_args(argv)
     if bool(args.ingest_url) != bool(args.target_port):
         parser.error("--ingest-url and --target-port go together")
@@ -1317,10 +1043,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _raise_on_sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def _store_name(report: dict[str, Any]) -> str:
     store = report.get("config", {}).get("store", "") or "x"
     if report.get("config", {}).get("mode") == "external":
@@ -1330,8 +1052,8 @@ def _store_name(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)  # outside the event loop: so that `finally` stops them
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    signal.signal(signal.SIGTERM, raise_on_sigterm)  # outside the event loop: so that `finally` stops them
+    stamp = utc_stamp()
     info = machine()
     info["loop"] = "uvloop" if has_uvloop() and not args.no_uvloop else "asyncio"
     report: dict[str, Any] = {"bench": "relay", "time": stamp, "label": args.label, "machine": info}

@@ -16,17 +16,16 @@ Redis is a ``redis-server`` the bench starts itself in a temporary folder (``app
 ``appendfsync always`` by default: every 201 on disk, as SQLite's ``synchronous=FULL``), or the one at
 ``--redis`` (the bench writes under a prefix of its own and deletes its keys afterwards).
 
-Reuses ``bench/ingest.py``'s sender, server process, stream probe and CPU accounting. See ``bench/README.md``.
+Reuses ``bench/ingest.py``'s stream probe, and the sender, server process and CPU accounting of
+``bench/_lib``. See ``bench/README.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,29 +34,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as `python bench/replicas.py`: the repository root, for bench._lib
+    sys.path.insert(0, str(ROOT))
 
-from ingest import (  # noqa: E402
-    DEFAULT_FIXTURE,
-    REQUEST_TIMEOUT_S,
-    RESULTS,
-    ROOT,
-    SenderSpec,
-    ServerUnderTest,
-    StreamProbe,
-    _raise_on_sigterm,
-    _rows,
-    free_port,
-    git_state,
-    has_uvloop,
-    machine,
-    pct,
-    percentiles,
-    proc_cpu,
-    run_senders,
-    system_cpu,
-    write_report,
-)
+from bench._lib import RESULTS  # noqa: E402
+from bench._lib.cpu import proc_cpu, system_cpu  # noqa: E402
+from bench._lib.processes import ServerUnderTest, raise_on_sigterm  # noqa: E402
+from bench._lib.report import git_state, machine, pct, percentiles, rows, utc_stamp, write_report  # noqa: E402
+from bench._lib.sender import DEFAULT_FIXTURE, REQUEST_TIMEOUT_S, SenderSpec, has_uvloop, run_senders  # noqa: E402
+from bench.ingest import StreamProbe  # noqa: E402
+from tests.redis_utils import RedisServer  # noqa: E402
 
 GOAL_TWO_REPLICAS_PER_S = 2500.0
 GOAL_P50_MS = 2.0
@@ -96,57 +83,6 @@ class Processes:
         figures["total_us_per_event"] = round(1e6 * sum(used.values()) / max(1, events), 1)
         figures["machine_busy_pct"] = pct(busy, capacity)
         return figures
-
-
-class OwnRedis:
-    """A ``redis-server`` of the bench's own, on a free port, in a temporary folder."""
-
-    def __init__(self, folder: Path, fsync: str) -> None:
-        self.folder = folder
-        self.fsync = fsync
-        self.port = free_port("127.0.0.1")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> str:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server is not installed: give --redis URL of a Redis to use")
-        durable = (
-            ["--appendonly", "no"] if self.fsync == "off" else ["--appendonly", "yes", "--appendfsync", self.fsync]
-        )
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--dir",
-                str(self.folder),
-                *durable,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        import redis
-
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with redis.Redis(port=self.port, socket_connect_timeout=0.2) as client:
-                    client.ping()
-                return f"redis://127.0.0.1:{self.port}/0"
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the bench's redis-server did not start") from None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(10)
 
 
 def redis_facts(url: str) -> tuple[int | None, dict[str, str]]:
@@ -263,29 +199,29 @@ def run_setup(args: argparse.Namespace, setup: str, redis_url: str | None, redis
 
 
 def print_table(report: dict[str, Any]) -> None:
-    rows: list[tuple[str, str, str]] = []
+    table: list[tuple[str, str, str]] = []
     for setup, figures in report["setups"].items():
         if "ingest" not in figures:
             continue
         ingest, cpu = figures["ingest"], figures["ingest"]["cpu"]
         statuses = ", ".join(f"{k}: {v}" for k, v in ingest["statuses"].items())
-        rows.append((f"{setup}: accepted per second", f"{ingest['accepted_per_s']:,.0f}", statuses))
+        table.append((f"{setup}: accepted per second", f"{ingest['accepted_per_s']:,.0f}", statuses))
         per_role = ", ".join(
             f"{k.removesuffix('_us_per_event')} {v:g}" for k, v in cpu.items() if k.endswith("_us_per_event")
         )
-        rows.append((f"{setup}: CPU µs per webhook", per_role, f"machine busy {cpu['machine_busy_pct']} %"))
+        table.append((f"{setup}: CPU µs per webhook", per_role, f"machine busy {cpu['machine_busy_pct']} %"))
         for name, where in (("latency_same_replica", "same replica"), ("latency_across_replicas", "across replicas")):
             if name in figures:
                 latency = figures[name]["post_to_stream"]
-                rows.append(
+                table.append(
                     (
                         f"{setup}: POST -> stream, {where}",
                         f"p50 {latency['p50_ms']} ms, p90 {latency['p90_ms']}, p99 {latency['p99_ms']}",
                         f"POST -> 201 p50 {figures[name]['post_to_201']['p50_ms']} ms",
                     )
                 )
-    if rows:
-        _rows(rows)
+    if table:
+        rows(table)
     for goal, met in report["goals"].items():
         print(f"  {'met   ' if met else 'MISSED'} {goal}")
 
@@ -320,20 +256,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    signal.signal(signal.SIGTERM, raise_on_sigterm)
     sys.path.insert(0, str(ROOT / "src"))
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = utc_stamp()
     report: dict[str, Any] = {"bench": "replicas", "time": stamp, "label": args.label, "machine": machine(),
                               "git": git_state(), "setups": {}, "goals": {}}  # fmt: skip
     folder = Path(tempfile.mkdtemp(prefix="gitstafette-bench-redis-"))
-    own = (
-        None
-        if args.redis or not any(s.startswith("redis") for s in args.setups)
-        else OwnRedis(folder, args.redis_fsync)
-    )
+    own: RedisServer | None = None
+    if not args.redis and any(s.startswith("redis") for s in args.setups):
+        if shutil.which("redis-server") is None:
+            raise SystemExit("redis-server is not installed: give --redis URL of a Redis to use")
+        fsync = [] if args.redis_fsync == "off" else ["--appendfsync", args.redis_fsync]
+        own = RedisServer(folder, appendonly=args.redis_fsync != "off", extra_args=fsync)
     exit_code = 0
     try:
-        redis_url = args.redis or (own.start() if own else None)
+        redis_url = args.redis or (f"{own.start().url}/0" if own else None)
         redis_pid = None
         if redis_url:
             redis_pid, report["redis"] = redis_facts(redis_url)

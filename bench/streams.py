@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
-import datetime as dt
-import json
 import shutil
 import sys
 import tempfile
@@ -38,42 +35,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as `python bench/streams.py`: the repository root, for bench._lib
+    sys.path.insert(0, str(ROOT))
 
-# Shared with the other benchmarks: the server process, the webhook request, the raw HTTP client, CPU and the
-# report helpers.
-from ingest import (  # noqa: E402
-    DEFAULT_FIXTURE,
-    REQUEST_TIMEOUT_S,
-    RESULTS,
-    HttpConnection,
-    ServerUnderTest,
-    Webhook,
-    _latency_text,
-    _rows,
-    _store_url,
-    delivery_id,
-    machine,
-    percentiles,
-    proc_cpu,
-    self_cpu,
-)
+from bench._lib import RESULTS  # noqa: E402
+from bench._lib.cpu import proc_cpu, rss_kib, self_cpu  # noqa: E402
+from bench._lib.processes import ServerUnderTest, resolve_store  # noqa: E402
+from bench._lib.report import latency_text, machine, percentiles, rows, utc_stamp, write_report  # noqa: E402
+from bench._lib.sender import DEFAULT_FIXTURE, REQUEST_TIMEOUT_S, HttpConnection, Webhook, delivery_id  # noqa: E402
 
 #: the first repository id; a run with --repositories R uses this one and the R-1 after it
 FIRST_REPOSITORY = 186853002
 #: streams opened at the same time while connecting
 CONNECT_CONCURRENCY = 100
-
-
-def rss_kib(pid: int | None) -> int | None:
-    """Resident memory of a process (VmRSS), KiB."""
-    if not pid:
-        return None
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return None
 
 
 @dataclass
@@ -261,7 +236,7 @@ async def fan_out(streams: Streams, webhooks: dict[str, Webhook], http: HttpConn
 async def measure(args: argparse.Namespace, count: int) -> dict[str, Any]:
     """One size: a fresh server, ``count`` streams, memory and fan-out."""
     tmpdir = tempfile.mkdtemp(prefix="gitstafette-streams-")
-    store_url, _ = _store_url(args.store, tmpdir)
+    store_url, _ = resolve_store(args.store, tmpdir)
     # No cap on the streams of one client id is needed (each stream has its own), but no limit gets in the way.
     server = ServerUnderTest(store_url, "warning", ["--max-streams-per-client", "0", *args.server_arg])
     repositories = [str(FIRST_REPOSITORY + i) for i in range(args.repositories)]
@@ -344,7 +319,7 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"{size['streams']:,} idle {kind} streams ({size['repositories']} repository(ies), "
               f"{size['channels']} channel(s)), {size['rounds']} webhooks fanned out one at a time")  # fmt: skip
         cpu = size["cpu"]
-        rows = [
+        table = [
             ("streams open and subscribed in", f"{size['connect_s']:.2f} s",
              "" if size["kind"] == "ack" else "requests sent (no confirmation), then --settle"),
             ("deliveries received / expected", f"{size['deliveries_received']:,} / {size['deliveries_expected']:,}",
@@ -353,15 +328,15 @@ def print_table(report: dict[str, Any]) -> None:
             ("server RSS: before / streams idle / after", f"{rss['before_streams'] / 1024:.1f} / "
              f"{rss['streams_idle'] / 1024:.1f} / {rss['after_fan_out'] / 1024:.1f} MiB",
              f"{size['server_rss_per_stream_kib']} KiB per idle stream"),
-            ("fan-out: POST -> each stream", _latency_text(size["fan_out_every_stream"]), "p50/p90/p99/max"),
-            ("fan-out: POST -> last stream", _latency_text(size["fan_out_last_stream"]), "per webhook"),
-            ("fan-out: POST -> first stream", _latency_text(size["fan_out_first_stream"]), "per webhook"),
+            ("fan-out: POST -> each stream", latency_text(size["fan_out_every_stream"]), "p50/p90/p99/max"),
+            ("fan-out: POST -> last stream", latency_text(size["fan_out_last_stream"]), "per webhook"),
+            ("fan-out: POST -> first stream", latency_text(size["fan_out_first_stream"]), "per webhook"),
             ("CPU per message (server | bench)", f"{cpu['server_us_per_message']} | {cpu['bench_us_per_message']} µs",
              "a message: one event to one stream, and its ack"),
             ("events read / acks / streams ended early", f"{size['events_read']} / {size['acks_sent']} / "
              f"{size['streams_ended_early']}", ""),
         ]  # fmt: skip
-        _rows(rows)
+        rows(table)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -406,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     report: dict[str, Any] = {
         "bench": "streams",
-        "time": dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ"),
+        "time": utc_stamp(),
         "machine": machine(),
         "loadavg": Path("/proc/loadavg").read_text().split()[:3],
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -417,11 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         report["sizes"].append(asyncio.run(measure(args, count)))
     report["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
     print_table(report)
-    line = json.dumps(report, separators=(",", ":"))
-    print(line)
-    if not args.no_save:
-        args.results.mkdir(parents=True, exist_ok=True)
-        (args.results / f"streams-{report['time']}.json").write_text(line + "\n")
+    write_report(report, args.results, f"streams-{report['time']}.json", not args.no_save)
     # Every webhook must reach every stream of its repository: anything else is a lost event.
     return 0 if all(size["deliveries_received"] == size["deliveries_expected"] for size in report["sizes"]) else 1
 
