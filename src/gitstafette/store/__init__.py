@@ -5,7 +5,7 @@ from __future__ import annotations
 from gitstafette.config import StoreConfig
 from gitstafette.store.base import AppendResult, EventStore, Lease
 from gitstafette.store.memory import MemoryStore
-from gitstafette.store.sqlite_store import SQLiteStore
+from gitstafette.store.sqlite import SQLiteStore
 
 __all__ = ["AppendResult", "EventStore", "Lease", "MemoryStore", "SQLiteStore", "create_store"]
 
