@@ -71,7 +71,7 @@ _LEASE_VALID_FRACTION = 0.9
 
 
 class RedisLease(Lease):
-    """A lease in Redis (see the module's docstring): taken with a fencing token, renewed by a task of its own
+    """A lease in Redis (see the package's docstring): taken with a fencing token, renewed by a task of its own
     while held, lost (``lost`` set) when it cannot be renewed before it would expire."""
 
     def __init__(self, leases: Leases, client_id: str, repository_id: str, holder: str) -> None:
