@@ -10,7 +10,7 @@ import pytest
 from gitstafette.server.metrics import ServerMetrics
 from gitstafette.store import EventStore
 from gitstafette.store.memory import MemoryStore
-from gitstafette.store.sqlite_store import SQLiteStore
+from gitstafette.store.sqlite import SQLiteStore
 
 
 def _counts(metrics: ServerMetrics) -> dict[str, float]:

@@ -14,7 +14,7 @@ import redis
 from gitstafette.config import StoreConfig
 from gitstafette.exceptions import StoreError, StoreUnavailable
 from gitstafette.store import EventStore, create_store
-from gitstafette.store.redis_streams import RedisStore
+from gitstafette.store.redis import RedisStore
 from tests.redis_utils import (
     REDIS_TESTS_DB,
     RedisServer,

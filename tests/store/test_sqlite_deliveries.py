@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from gitstafette.store import sqlite_store
-from gitstafette.store.sqlite_store import SQLiteStore
+from gitstafette.store.sqlite import SQLiteStore, deliveries
 from tests.store.test_store_suite import REPO_A, event
 
 
@@ -107,19 +106,19 @@ async def test_a_filter_that_missed_a_stored_delivery_still_stores_it_once(store
 async def test_deliveries_stored_while_the_filter_is_rebuilt_stay_in_it(
     store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_store, "DELIVERIES_MIN_CAPACITY", 4)
-    store._deliveries = sqlite_store._StoredDeliveries((), 0)  # capacity 4 from now on
-    read = sqlite_store._StoredDeliveries.read
+    monkeypatch.setattr(deliveries, "DELIVERIES_MIN_CAPACITY", 4)
+    store._deliveries = deliveries.StoredDeliveries((), 0)  # capacity 4 from now on
+    read = deliveries.StoredDeliveries.read
     scanned = threading.Event()
     release = threading.Event()
 
-    def read_then_wait(cls: type[sqlite_store._StoredDeliveries], connection: Any) -> Any:
+    def read_then_wait(cls: type[deliveries.StoredDeliveries], connection: Any) -> Any:
         fresh = read(connection)  # what is committed now; what comes next the rebuild must add itself
         scanned.set()
         release.wait(10)
         return fresh
 
-    monkeypatch.setattr(sqlite_store._StoredDeliveries, "read", classmethod(read_then_wait))
+    monkeypatch.setattr(deliveries.StoredDeliveries, "read", classmethod(read_then_wait))
     for n in range(5):  # the fifth goes beyond the capacity: the rebuild starts
         await store.append(event(f"d-{n}"))
     old = store._deliveries

@@ -18,8 +18,7 @@ import pytest
 
 from gitstafette.exceptions import StoreError
 from gitstafette.model import WebhookEvent
-from gitstafette.store import sqlite_store
-from gitstafette.store.sqlite_store import SQLiteStore
+from gitstafette.store.sqlite import SQLiteStore, schema
 from tests.store.test_store_suite import REPO_A, event
 
 
@@ -51,7 +50,7 @@ class _GatedConnection(sqlite3.Connection):
 @pytest.fixture
 def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Gate]:
     gate = _Gate()
-    connect = sqlite_store._connect
+    connect = schema.connect
 
     def gated_connect(path: str) -> sqlite3.Connection:
         connection = connect(path)
@@ -62,7 +61,7 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Gate]:
         return gated
 
     # Only the writer's connection matters: it is the one opened first (readers connect lazily).
-    monkeypatch.setattr(sqlite_store, "_connect", gated_connect)
+    monkeypatch.setattr(schema, "connect", gated_connect)
     yield gate
     gate.opened.set()
 

@@ -22,99 +22,31 @@ import asyncio
 import functools
 import json
 import logging
-import queue
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from rbloom import Bloom
-
 from gitstafette.exceptions import StoreError, StoreUnavailable
 from gitstafette.model import AuditRecord, DeadLetter, RepositoryState, WebhookEvent
 from gitstafette.store.base import AppendResult, EventStore, SequenceNotifier, prunable
+from gitstafette.store.sqlite import schema
+from gitstafette.store.sqlite.deliveries import StoredDeliveries
+from gitstafette.store.sqlite.writer import Checkpointer, GroupCommitWriter, Write
 
 __all__ = ["SQLiteStore"]
 
-logger = logging.getLogger("gitstafette.store.sqlite")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Largest number of queued writes committed in one transaction.
-MAX_GROUP = 512
-#: The WAL is copied into the database by a thread of its own this often, not inside a webhook's commit.
-CHECKPOINT_INTERVAL_S = 0.5
-#: The filter of stored deliveries: rebuilt from the file once it took more than its capacity
-DELIVERIES_MIN_CAPACITY = 1_000_000
-DELIVERIES_FALSE_POSITIVES = 0.01
 #: Recently stored events kept in memory, so an open stream gets a new event without reading it back.
 RECENT_EVENTS = 4096
 RECENT_BYTES = 32 * 1024 * 1024
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS repositories (
-    repository_id   TEXT PRIMARY KEY,
-    repository_name TEXT NOT NULL DEFAULT '',
-    last_sequence   INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS events (
-    repository_id   TEXT NOT NULL,
-    sequence        INTEGER NOT NULL,
-    delivery_id     TEXT NOT NULL,
-    event_type      TEXT NOT NULL,
-    repository_name TEXT NOT NULL,
-    received_at_ns  INTEGER NOT NULL,
-    headers         TEXT NOT NULL,
-    body            BLOB NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS events_by_sequence ON events (repository_id, sequence);
-CREATE UNIQUE INDEX IF NOT EXISTS events_by_delivery ON events (repository_id, delivery_id);
-CREATE TABLE IF NOT EXISTS cursors (
-    client_id     TEXT NOT NULL,
-    repository_id TEXT NOT NULL,
-    sequence      INTEGER NOT NULL,
-    PRIMARY KEY (client_id, repository_id)
-);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    client_id     TEXT NOT NULL,
-    repository_id TEXT NOT NULL,
-    sequence      INTEGER NOT NULL,
-    delivery_id   TEXT NOT NULL,
-    reason        TEXT NOT NULL,
-    status_code   INTEGER NOT NULL,
-    failed_at_ns  INTEGER NOT NULL,
-    PRIMARY KEY (client_id, repository_id, sequence)
-);
-CREATE TABLE IF NOT EXISTS replays (
-    client_id     TEXT NOT NULL,
-    repository_id TEXT NOT NULL,
-    sequence      INTEGER NOT NULL,
-    PRIMARY KEY (client_id, repository_id, sequence)
-);
-CREATE TABLE IF NOT EXISTS audit (
-    repository_id TEXT NOT NULL,
-    sequence      INTEGER NOT NULL,
-    client_id     TEXT NOT NULL,
-    action        TEXT NOT NULL,
-    at_ns         INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_by_event ON audit (repository_id, sequence);
-"""
-
-_EVENT_COLUMNS = "repository_id, sequence, delivery_id, event_type, repository_name, received_at_ns, headers, body"
-
-
-def _connect(path: str) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    connection.execute("PRAGMA journal_mode=WAL")
-    # FULL: each commit is fsynced, so a 201 survives a power cut too; group commit keeps that cheap.
-    connection.execute("PRAGMA synchronous=FULL")
-    connection.execute("PRAGMA busy_timeout=30000")
-    return connection
 
 
 class _RecentEvents:
@@ -159,110 +91,6 @@ class _RecentEvents:
             self._bytes -= len(self._events.pop(key).body)
 
 
-class _StoredDeliveries:
-    """The (repository, delivery id) pairs that may be stored: a Bloom filter, which never misses one that is.
-
-    A pruned event stays in it (a false positive costs one lookup) until it is rebuilt from the file, which
-    ``SQLiteStore`` does once it took more than its capacity.
-    """
-
-    def __init__(self, keys: Iterable[tuple[str, str]], count: int) -> None:
-        self.capacity = max(DELIVERIES_MIN_CAPACITY, 2 * count)
-        self._bloom = Bloom(self.capacity, DELIVERIES_FALSE_POSITIVES)
-        self._bloom.update(keys)
-        self.count = count
-        #: while a rebuild reads the file: what was added since it began
-        self.recorded: list[tuple[str, str]] | None = None
-
-    @classmethod
-    def read(cls, connection: sqlite3.Connection) -> _StoredDeliveries:
-        (count,) = connection.execute("SELECT COUNT(*) FROM events").fetchone()
-        return cls(connection.execute("SELECT repository_id, delivery_id FROM events"), count)
-
-    def __contains__(self, key: tuple[str, str]) -> bool:
-        return key in self._bloom
-
-    def add(self, key: tuple[str, str]) -> None:
-        self._bloom.add(key)
-        self.count += 1
-        if self.recorded is not None:
-            self.recorded.append(key)
-
-    def update(self, keys: Iterable[tuple[str, str]]) -> None:
-        for key in keys:
-            self.add(key)
-
-    @property
-    def full(self) -> bool:
-        return self.count > self.capacity
-
-
-def _row_to_event(row: tuple[Any, ...]) -> WebhookEvent:
-    repository_id, sequence, delivery_id, event_type, name, received_at_ns, headers, body = row
-    return WebhookEvent(
-        repository_id=repository_id,
-        delivery_id=delivery_id,
-        event_type=event_type,
-        body=bytes(body),
-        headers=tuple((k, v) for k, v in json.loads(headers)),
-        received_at_ns=received_at_ns,
-        repository_name=name,
-        sequence=sequence,
-    )
-
-
-class _Write:
-    """One queued write: a function of the writer's connection, and where its result goes."""
-
-    __slots__ = ("durable", "function", "future", "loop", "on_settled")
-
-    def __init__(
-        self,
-        function: Callable[[sqlite3.Connection], Any],
-        loop: asyncio.AbstractEventLoop,
-        durable: bool,
-        on_settled: Callable[[bool], None] | None = None,
-    ) -> None:
-        self.function = function
-        self.loop = loop
-        #: False for writes a crash may lose (a cursor: the events are just sent again)
-        self.durable = durable
-        #: told whether the write was committed, also when nobody awaits the future any more
-        self.on_settled = on_settled
-        self.future: asyncio.Future[Any] = loop.create_future()
-
-    def settle(self, result: Any, error: BaseException | None) -> None:
-        """Runs in the event loop."""
-        if self.on_settled is not None:
-            self.on_settled(error is None)
-        if self.future.done():
-            return
-        if error is not None:
-            self.future.set_exception(error)
-        else:
-            self.future.set_result(result)
-
-
-def _settle_all(group: list[_Write], results: list[Any], error: BaseException | None) -> None:
-    """Hand a committed group's results to the event loop: one wake-up per group, not per write."""
-    loops = {write.loop for write in group}
-    for loop in loops:
-
-        def settle(loop: asyncio.AbstractEventLoop = loop) -> None:
-            for write, result in zip(group, results, strict=True):
-                if write.loop is loop:
-                    write.settle(result, error)
-
-        _call_in(loop, settle)
-
-
-def _call_in(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
-    try:
-        loop.call_soon_threadsafe(callback)
-    except RuntimeError:  # that loop is closed: nobody waits any more
-        pass
-
-
 class SQLiteStore(EventStore):
     def __init__(self, path: str, synchronous: Literal["full", "normal"] = "full") -> None:
         super().__init__()
@@ -270,14 +98,12 @@ class SQLiteStore(EventStore):
         self.url = f"sqlite:///{path}" + ("?synchronous=normal" if synchronous == "normal" else "")
         #: with "normal", commits are not fsynced: safe from a process crash, not from a power cut
         self._durable_mode = "FULL" if synchronous == "full" else "NORMAL"
-        self._writes: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
+        self._writer = GroupCommitWriter(self._durable_mode)
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gitstafette-sqlite-read")
         self._local = threading.local()
         self._recent = _RecentEvents()
         self.streamable = SequenceNotifier()
-        self._checkpointer: threading.Thread | None = None
-        self._closing = threading.Event()
+        self._checkpointer = Checkpointer(path)
         # Owned by the event loop: sequences are given there, before the writer inserts the events.
         self._last_sequence: dict[str, int] = {}
         #: the appends whose commit is in flight, by (repository, delivery id): a copy of one sent again
@@ -285,9 +111,8 @@ class SQLiteStore(EventStore):
         self._storing: dict[tuple[str, str], tuple[WebhookEvent, asyncio.Future[Any]]] = {}
         #: the event loop's own connection, for the delivery-id lookup of ``append`` (an indexed read)
         self._lookup: sqlite3.Connection | None = None
-        self._deliveries = _StoredDeliveries((), 0)
+        self._deliveries = StoredDeliveries((), 0)
         self._rebuilding: asyncio.Task[None] | None = None
-        self._synchronous_full = True
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -300,28 +125,21 @@ class SQLiteStore(EventStore):
                 f"cannot open SQLite store {self.path}: cannot create {folder}: {exc.strerror}"
             ) from exc
         try:
-            connection = _connect(self.path)
-            connection.executescript(_SCHEMA)
+            connection = schema.connect(self.path)
+            connection.executescript(schema.SCHEMA)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite store {self.path}: {exc}") from exc
         rows = connection.execute("SELECT repository_id, last_sequence FROM repositories").fetchall()
         self._last_sequence = {repository_id: last for repository_id, last in rows}
-        self._deliveries = _StoredDeliveries.read(connection)
+        self._deliveries = StoredDeliveries.read(connection)
         for repository_id, last in rows:
             self.notifier.advance(repository_id, last)
             self.streamable.advance(repository_id, last)
         # Checkpoints run in their own thread (below), so no webhook's commit waits for one.
         connection.execute("PRAGMA wal_autocheckpoint=0")
         connection.execute(f"PRAGMA synchronous={self._durable_mode}")
-        self._closing.clear()
-        self._writer = threading.Thread(
-            target=self._write_loop, args=(connection,), name="gitstafette-sqlite-write", daemon=True
-        )
-        self._writer.start()
-        self._lookup = _connect(self.path)
-        self._checkpointer = threading.Thread(
-            target=self._checkpoint_loop, name="gitstafette-sqlite-checkpoint", daemon=True
-        )
+        self._writer.start(connection)
+        self._lookup = schema.connect(self.path)
         self._checkpointer.start()
         logger.info("SQLite store %s open (%d repositories, %d events)", self.path, len(rows), self._deliveries.count)
 
@@ -330,93 +148,27 @@ class SQLiteStore(EventStore):
             self._rebuilding.cancel()
             await asyncio.wait([self._rebuilding])
             self._rebuilding = None
-        if self._writer is not None:
-            self._writes.put(None)
-            await asyncio.to_thread(self._writer.join)
-            self._writer = None
-        self._closing.set()
-        if self._checkpointer is not None:
-            await asyncio.to_thread(self._checkpointer.join)
-            self._checkpointer = None
+        await self._writer.stop()
+        await self._checkpointer.stop()
         self._readers.shutdown(wait=True)
         if self._lookup is not None:
             self._lookup.close()
             self._lookup = None
 
-    def _checkpoint_loop(self) -> None:
-        connection = _connect(self.path)
-        try:
-            while not self._closing.wait(CHECKPOINT_INTERVAL_S):
-                try:
-                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.Error as exc:
-                    logger.warning("SQLite checkpoint failed (retried): %s", exc)
-            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        except sqlite3.Error as exc:
-            logger.warning("SQLite final checkpoint failed: %s", exc)
-        finally:
-            connection.close()
-
     async def ping(self) -> None:
-        if self._writer is None or not self._writer.is_alive():
+        if not self._writer.alive:
             raise StoreUnavailable("SQLite writer is not running")
         await self._read(lambda c: c.execute("SELECT 1").fetchone())
 
     # ---- writes ----------------------------------------------------------------------------------
-
-    def _write_loop(self, connection: sqlite3.Connection) -> None:
-        while True:
-            first = self._writes.get()
-            if first is None:
-                break
-            group = [first]
-            stop = False
-            while len(group) < MAX_GROUP:
-                try:
-                    item = self._writes.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                group.append(item)
-            self._commit(connection, group)
-            if stop:
-                break
-        connection.close()
-
-    def _commit(self, connection: sqlite3.Connection, group: list[_Write]) -> None:
-        results: list[Any] = []
-        try:
-            durable = any(write.durable for write in group)
-            if durable != self._synchronous_full:
-                # A group of cursor updates only need not wait for the disk; the next durable commit
-                # syncs the log with them in it.
-                connection.execute(f"PRAGMA synchronous={self._durable_mode if durable else 'NORMAL'}")
-                self._synchronous_full = durable
-            connection.execute("BEGIN IMMEDIATE")
-            for write in group:
-                results.append(write.function(connection))
-            connection.execute("COMMIT")
-        except Exception as exc:  # the writer thread must survive any failure of one group
-            logger.error("SQLite commit of %d writes failed: %s", len(group), exc)
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            _settle_all(group, [None] * len(group), StoreError(f"SQLite write failed: {exc}"))
-            return
-        _settle_all(group, results, None)
 
     def _queue(
         self,
         function: Callable[[sqlite3.Connection], Any],
         durable: bool = True,
         on_settled: Callable[[bool], None] | None = None,
-    ) -> _Write:
-        if self._writer is None:
-            raise StoreUnavailable("SQLite store is not open")
-        write = _Write(function, asyncio.get_running_loop(), durable, on_settled)
-        self._writes.put(write)
-        return write
+    ) -> Write:
+        return self._writer.queue(function, durable, on_settled)
 
     async def _write(self, function: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
         result: T = await self._queue(function, durable).future
@@ -427,7 +179,7 @@ class SQLiteStore(EventStore):
         """Insert the event; if its delivery is stored already (which ``append`` rules out), that copy's
         sequence, and nothing is written."""
         inserted = connection.execute(
-            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            f"INSERT INTO events ({schema.EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (repository_id, delivery_id) DO NOTHING",
             (
                 event.repository_id,
@@ -512,7 +264,7 @@ class SQLiteStore(EventStore):
         # What the read may not see: the deliveries in flight now, and those added from now on.
         current.recorded = list(self._storing)
         try:
-            fresh = await self._read(_StoredDeliveries.read)
+            fresh = await self._read(StoredDeliveries.read)
             fresh.update(current.recorded)
             self._deliveries = fresh
             logger.info("filter of stored deliveries rebuilt: %d deliveries, room for %d", fresh.count, fresh.capacity)
@@ -641,7 +393,7 @@ class SQLiteStore(EventStore):
     def _reader(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
-            connection = self._local.connection = _connect(self.path)
+            connection = self._local.connection = schema.connect(self.path)
         return connection
 
     async def _read(self, function: Callable[[sqlite3.Connection], T]) -> T:
@@ -660,12 +412,12 @@ class SQLiteStore(EventStore):
             return recent
         rows = await self._read(
             lambda c: c.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE repository_id = ? AND sequence > ? "
+                f"SELECT {schema.EVENT_COLUMNS} FROM events WHERE repository_id = ? AND sequence > ? "
                 "ORDER BY sequence LIMIT ?",
                 (repository_id, after_sequence, limit),
             ).fetchall()
         )
-        return [_row_to_event(row) for row in rows]
+        return [schema.row_to_event(row) for row in rows]
 
     async def read_streamable_after(
         self, repository_id: str, after_sequence: int, limit: int = 100
