@@ -121,7 +121,7 @@ METADATA_AUTHORIZATION = "authorization"
 RELAYED_HEADERS = frozenset({"content-type", "user-agent"})
 RELAYED_HEADER_PREFIXES = ("x-github-", "x-hub-signature")
 
-# ---- Redis store (store/redis_streams.py) -------------------------------------------------------
+# ---- Redis store (store/redis/) ------------------------------------------------------------------
 # Every key is "<prefix>:" + one of these (the prefix is the store URL's ?prefix=, so that several
 # installations can share one Redis database). {repository_id} and {client_id} are filled in.
 
