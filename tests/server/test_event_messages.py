@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gitstafette._proto import gitstafette_pb2 as pb
 from gitstafette.model import WebhookEvent, event_to_pb
-from gitstafette.server.grpc_service import _EventMessages
+from gitstafette.server.stream_messages import EventMessages
 
 HEADERS = (("X-GitHub-Event", "push"), ("Content-Type", "application/json"))
 
@@ -14,7 +14,7 @@ def event(delivery_id: str, sequence: int, body: bytes = b"{}", repository_id: s
 
 
 def test_an_event_is_converted_once_even_when_each_stream_reads_a_copy_of_its_own() -> None:
-    messages = _EventMessages()
+    messages = EventMessages()
     first = messages.get(event("d1", 1))
     assert messages.get(event("d1", 1)) is first
     assert first == event_to_pb(event("d1", 1))
@@ -24,7 +24,7 @@ def test_an_event_is_converted_once_even_when_each_stream_reads_a_copy_of_its_ow
 
 
 def test_each_stream_message_is_its_own_copy() -> None:
-    shared = _EventMessages().get(event("d1", 1))
+    shared = EventMessages().get(event("d1", 1))
     one = pb.RelayedEvent(sequence=1, webhook_event=shared, redelivery=0)
     other = pb.RelayedEvent(sequence=1, webhook_event=shared, redelivery=1)
     one.trace_context["traceparent"] = "00-one"
@@ -34,11 +34,11 @@ def test_each_stream_message_is_its_own_copy() -> None:
 
 
 def test_only_the_newest_events_are_kept_within_a_count_and_a_byte_budget() -> None:
-    messages = _EventMessages(max_events=3, max_bytes=1000)
+    messages = EventMessages(max_events=3, max_bytes=1000)
     kept = [messages.get(event(f"d{i}", i)) for i in range(1, 5)]
     assert messages.get(event("d4", 4)) is kept[3]
     assert messages.get(event("d1", 1)) is not kept[0], "the oldest went"
     # A body beyond the byte budget is still converted, and kept until the next one.
     big = messages.get(event("big", 9, body=b"x" * 5000))
     assert messages.get(event("big", 9, body=b"x" * 5000)) is big
-    assert repr(messages) == "_EventMessages(events=1, bytes=5000)"
+    assert repr(messages) == "EventMessages(events=1, bytes=5000)"

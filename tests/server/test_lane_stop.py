@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gitstafette.server.dispatch import Dispatcher, Lane
+from gitstafette.server.dispatch import Dispatcher, Lane, Outgoing
 from gitstafette.store import Lease
 from gitstafette.store.memory import MemoryStore
 from tests.store.test_store_suite import REPO_A, event
@@ -122,9 +122,9 @@ async def test_a_lane_gives_its_lease_up_only_once_its_acknowledgements_are_stor
     dispatcher = Dispatcher(store)
     await store.append(event("d-1", REPO_A))
     connection = dispatcher.connect("ci", [REPO_A])
-    while not isinstance(item := await asyncio.wait_for(connection.outbox.get(), 5), tuple):
+    while not isinstance(item := await asyncio.wait_for(connection.outbox.get(), 5), Outgoing):
         pass  # the assignment announcement comes first
-    assert item[0].sequence == 1
+    assert item.event.sequence == 1
     assert await dispatcher.settle(connection, REPO_A, 1)  # its cursor write now waits on the gate
 
     leaving = asyncio.create_task(dispatcher.disconnect(connection))

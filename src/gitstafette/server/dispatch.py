@@ -30,7 +30,7 @@ from gitstafette.exceptions import StoreError
 from gitstafette.model import DeadLetter, WebhookEvent
 from gitstafette.store import EventStore, Lease
 
-__all__ = ["Connection", "Dispatcher"]
+__all__ = ["AssignmentChanged", "Connection", "Dispatcher", "EndOfStream", "OutboxItem", "Outgoing"]
 
 logger = logging.getLogger("gitstafette.server.dispatch")
 
@@ -44,6 +44,37 @@ STORE_RETRY_MAX_S = 2.0
 
 _connection_ids = itertools.count(1)
 _lane_ids = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """An event for the stream to send."""
+
+    event: WebhookEvent
+    #: how many times this client id was sent it before, unacknowledged
+    redelivery: int
+    #: a replayed dead letter (sent again on request, outside the sequence order)
+    replay: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentChanged:
+    """The repositories the connection serves changed: the stream tells its client (``Subscribed``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfStream:
+    """The stream ends: cleanly, or with ``error`` (INTERNAL) when a lane of it failed."""
+
+    error: str | None = None
+
+
+#: What the dispatcher hands a stream, in the order the stream sends it (grpc_service.StreamResponses turns
+#: each into its protobuf message).
+OutboxItem = Outgoing | AssignmentChanged | EndOfStream
+
+_ASSIGNMENT_CHANGED = AssignmentChanged()
+_END_OF_STREAM = EndOfStream()
 
 
 @dataclass
@@ -331,29 +362,28 @@ class Connection:
         self.client_id = client_id
         self.wanted = list(dict.fromkeys(wanted))
         self.lanes: dict[str, Lane] = {}
-        #: (event, redelivery, replay) to send; None ends the stream; "assignment" announces a change of lanes
-        self.outbox: asyncio.Queue[tuple[WebhookEvent, int, bool] | str | None] = asyncio.Queue()
+        self.outbox: asyncio.Queue[OutboxItem] = asyncio.Queue()
         #: why the stream must end with an error (a lane of it failed); None: it ends cleanly, if at all
         self.error: str | None = None
 
     def send(self, event: WebhookEvent, redelivery: int, replay: bool = False) -> None:
-        self.outbox.put_nowait((event, redelivery, replay))
+        self.outbox.put_nowait(Outgoing(event, redelivery, replay))
 
     def serving(self) -> list[str]:
         """The repositories this connection serves or is about to (not those it stands by for), sorted."""
         return sorted(r for r, lane in self.lanes.items() if not lane.standby)
 
     def announce(self) -> None:
-        self.outbox.put_nowait("assignment")
+        self.outbox.put_nowait(_ASSIGNMENT_CHANGED)
 
     def close(self) -> None:
-        self.outbox.put_nowait(None)
+        self.outbox.put_nowait(_END_OF_STREAM)
 
     def fail(self, reason: str) -> None:
         """End the stream with an error (INTERNAL, ``reason``) instead of cleanly."""
         if self.error is None:
             self.error = reason
-        self.close()
+        self.outbox.put_nowait(EndOfStream(reason))
 
     def __repr__(self) -> str:
         return f"Connection(id={self.id}, client_id={self.client_id!r}, lanes={sorted(self.lanes)})"

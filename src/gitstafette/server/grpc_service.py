@@ -7,7 +7,6 @@ import contextlib
 import logging
 import socket
 import time
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import NoReturn
 
@@ -22,28 +21,26 @@ from gitstafette._proto import gitstafette_pb2_grpc as pb_grpc
 from gitstafette.config import ServerConfig
 from gitstafette.exceptions import StoreError
 from gitstafette.github.webhook import repository_in_body
-from gitstafette.model import WebhookEvent, event_from_pb, event_to_pb
+from gitstafette.model import WebhookEvent, event_from_pb
 from gitstafette.server.audit import AuditLog
 from gitstafette.server.auth import Authenticator, Grant, Session
-from gitstafette.server.dispatch import STORE_RETRY_MAX_S, STORE_RETRY_MIN_S, Connection, Dispatcher
+from gitstafette.server.dispatch import (
+    STORE_RETRY_MAX_S,
+    STORE_RETRY_MIN_S,
+    AssignmentChanged,
+    Connection,
+    Dispatcher,
+    EndOfStream,
+    OutboxItem,
+    Outgoing,
+)
 from gitstafette.server.ingest import Ingest
+from gitstafette.server.stream_messages import BATCH_MAX_BYTES, BATCH_MAX_EVENTS, StreamResponses
 from gitstafette.store import EventStore
-from gitstafette.telemetry import tracing
 
 __all__ = ["GitstafetteService", "InfoService"]
 
 logger = logging.getLogger("gitstafette.server.grpc")
-
-#: Most events, and most body bytes (beyond the first event), in one message of the acknowledged stream to
-#: a client that takes batches: events that are ready travel together, since each gRPC message costs both
-#: sides far more CPU than one more event in it; the cap keeps a batch well below the message size limit.
-BATCH_MAX_EVENTS = 64
-BATCH_MAX_BYTES = 1024 * 1024
-
-#: Protobuf messages of the newest events kept, so that an event fanned out to many streams is converted once:
-#: at most this many, and this many body bytes (at least the newest one is kept).
-MESSAGE_CACHE_EVENTS = 64
-MESSAGE_CACHE_BYTES = 16 * 1024 * 1024
 
 
 def _fit_one_message(events: list[WebhookEvent], max_body_bytes: int) -> list[WebhookEvent]:
@@ -58,38 +55,6 @@ def _fit_one_message(events: list[WebhookEvent], max_body_bytes: int) -> list[We
         if count and total > max_body_bytes:
             return events[:count]
     return events
-
-
-class _EventMessages:
-    """``event_to_pb`` once per event, not once per stream: the message of a recent event is built for the first
-    stream it goes to and shared by the others. It is never changed once built (protobuf copies it into each
-    stream's own message, whose per-stream fields are set there).
-
-    Keyed by (repository, sequence, delivery id), not by the event object: a store may hand each stream a copy
-    of its own.
-    """
-
-    def __init__(self, max_events: int = MESSAGE_CACHE_EVENTS, max_bytes: int = MESSAGE_CACHE_BYTES) -> None:
-        self._messages: OrderedDict[tuple[str, int, str], tuple[pb.WebhookEvent, int]] = OrderedDict()
-        self._bytes = 0
-        self._max_events = max_events
-        self._max_bytes = max_bytes
-
-    def get(self, event: WebhookEvent) -> pb.WebhookEvent:
-        key = (event.repository_id, event.sequence, event.delivery_id)
-        cached = self._messages.get(key)
-        if cached is not None:
-            return cached[0]
-        message = event_to_pb(event)
-        self._messages[key] = (message, len(event.body))
-        self._bytes += len(event.body)
-        while len(self._messages) > 1 and (len(self._messages) > self._max_events or self._bytes > self._max_bytes):
-            _, (_, size) = self._messages.popitem(last=False)
-            self._bytes -= size
-        return message
-
-    def __repr__(self) -> str:
-        return f"_EventMessages(events={len(self._messages)}, bytes={self._bytes})"
 
 
 class GitstafetteService(pb_grpc.GitstafetteServicer):
@@ -112,7 +77,7 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
         self.dispatcher = dispatcher
         self.auth = auth
         self.audit = audit
-        self._messages = _EventMessages()
+        self._responses = StreamResponses(config.server_id, audit)
 
     async def _authorize(
         self, grant: Grant, spec: str, context: grpc.aio.ServicerContext, body_name: str = ""
@@ -259,7 +224,7 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
             if events:
                 for event in events:
                     self.audit.record(client_id, repository_id, event.sequence, "sent")
-                yield pb.WebhookEventsResponse(webhook_events=[self._messages.get(e) for e in events])
+                yield pb.WebhookEventsResponse(webhook_events=self._responses.webhook_events(events))
                 after = unsaved = events[-1].sequence
                 last_sent = time.monotonic()
                 continue
@@ -395,9 +360,9 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
         reads its acknowledgements. With ``batches``, the events that are ready go in one message."""
         reader = asyncio.create_task(self._read_settlements(request_iterator, connection))
         resolver = asyncio.create_task(self._resolve_later(unseen, connection)) if unseen else None
-        heartbeat_s = self.config.heartbeat_s
+        heartbeat_s, responses = self.config.heartbeat_s, self._responses
         #: an item taken from the outbox while gathering a batch that does not fit in it: sent next
-        held: list[tuple[WebhookEvent, int, bool] | str | None] = []
+        held: list[OutboxItem] = []
         try:
             while True:
                 if held:
@@ -411,23 +376,19 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
                             async with asyncio.timeout(heartbeat_s):
                                 item = await connection.outbox.get()
                         except TimeoutError:
-                            yield pb.StreamResponse(heartbeat=pb.Heartbeat(server_time_unix_nanos=time.time_ns()))
+                            yield responses.heartbeat()
                             continue
-                if item is None:
-                    break
-                if isinstance(item, str):
-                    yield pb.StreamResponse(
-                        subscribed=pb.Subscribed(server_id=self.config.server_id, repository_ids=connection.serving())
-                    )
-                    continue
-                spans: list[Span] = []  # the stream spans of the events in this message (when tracing)
-                relayed = self._message_events(connection, item, batches, held, spans)
-                if len(relayed) == 1:
-                    yield pb.StreamResponse(event=relayed[0])
-                else:
-                    yield pb.StreamResponse(events=pb.RelayedEvents(events=relayed))
-                for span in spans:
-                    span.end()
+                match item:
+                    case Outgoing():
+                        batch = self._batch(connection, item, held) if batches else [item]
+                        spans: list[Span] = []  # the stream spans of the events in this message (when tracing)
+                        yield responses.events(connection.client_id, batch, spans)
+                        for span in spans:
+                            span.end()
+                    case AssignmentChanged():
+                        yield responses.subscribed(connection.serving())
+                    case EndOfStream():
+                        break
         finally:
             for task in (reader, resolver):
                 if task is not None:
@@ -436,48 +397,23 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
                         await task
             await self.dispatcher.disconnect(connection)
 
-    def _message_events(
-        self,
-        connection: Connection,
-        first: tuple[WebhookEvent, int, bool],
-        batches: bool,
-        held: list[tuple[WebhookEvent, int, bool] | str | None],
-        spans: list[Span],
-    ) -> list[pb.RelayedEvent]:
-        """The events of one message: ``first``, and with ``batches`` those queued behind it that fit. An item
-        taken from the outbox that does not fit goes to ``held``, to be sent next."""
-        relayed = [self._relayed(connection, *first, spans)]
-        size = len(first[0].body)
-        while batches and len(relayed) < BATCH_MAX_EVENTS:
+    @staticmethod
+    def _batch(connection: Connection, first: Outgoing, held: list[OutboxItem]) -> list[Outgoing]:
+        """``first`` and the events queued behind it that fit in one message. An item taken from the outbox that
+        does not fit goes to ``held``, to be sent next."""
+        batch = [first]
+        size = len(first.event.body)
+        while len(batch) < BATCH_MAX_EVENTS:
             try:
                 following = connection.outbox.get_nowait()
             except asyncio.QueueEmpty:
                 break
-            if not isinstance(following, tuple) or size + len(following[0].body) > BATCH_MAX_BYTES:
+            if not isinstance(following, Outgoing) or size + len(following.event.body) > BATCH_MAX_BYTES:
                 held.append(following)
                 break
-            relayed.append(self._relayed(connection, *following, spans))
-            size += len(following[0].body)
-        return relayed
-
-    def _relayed(
-        self, connection: Connection, event: WebhookEvent, redelivery: int, replay: bool, spans: list[Span]
-    ) -> pb.RelayedEvent:
-        """The message of one event going out; with tracing, its stream span (added to ``spans``, ended once
-        the message is handed to gRPC) whose context travels in the message."""
-        # Recorded as it is handed to gRPC: once yielded, its acknowledgement may come before we resume.
-        self.audit.record(connection.client_id, event.repository_id, event.sequence, "sent")
-        relayed = pb.RelayedEvent(
-            repository_id=event.repository_id,
-            sequence=event.sequence,
-            webhook_event=self._messages.get(event),
-            received_at_unix_nanos=event.received_at_ns,
-            redelivery=redelivery,
-            replay=replay,
-        )
-        if tracing.tracer is not None:
-            spans.append(tracing.start_stream_span(tracing.tracer, event, connection.client_id, relayed.trace_context))
-        return relayed
+            batch.append(following)
+            size += len(following.event.body)
+        return batch
 
     async def _resolve_later(self, names: list[str], connection: Connection) -> None:
         """Add owner/name subscriptions to the connection as their first events arrive."""
