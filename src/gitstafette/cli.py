@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import socket
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
@@ -143,15 +145,44 @@ def _fail(error: ConfigError) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _run(main: Coroutine[Any, Any, None], event_loop: str) -> None:
-    """Run ``main`` on the event loop ``--event-loop`` names (asyncio.Runner's documented loop_factory)."""
+def _run(
+    main: Coroutine[Any, Any, None], event_loop: str, left_behind: Callable[[], list[str]] = list
+) -> None:
+    """Run ``main`` on the event loop ``--event-loop`` names (asyncio.Runner's documented loop_factory).
+
+    When ``left_behind()`` names shutdown steps that ran out of time, the process exits at once (code 1,
+    see :func:`_exit_now`) instead of closing the loop: closing it waits, without a bound, for every task
+    left (one that ignores its cancellation) and for the executor's threads (one stuck in a driver).
+    """
     try:
         factory = event_loop_factory(event_loop)
     except ConfigError as exc:
         main.close()
         raise _fail(exc) from exc
-    with asyncio.Runner(loop_factory=factory) as runner:
+    runner = asyncio.Runner(loop_factory=factory)
+    try:
         runner.run(main)
+    except BaseException as exc:
+        if left_behind():
+            _exit_now(exc)
+        raise
+    else:
+        if left_behind():
+            _exit_now(None)
+    finally:
+        runner.close()
+
+
+def _exit_now(error: BaseException | None) -> NoReturn:
+    """End the process now, with exit code 1: the log has said which shutdown step ran out of time and what
+    it left undone. The logs and the standard streams are flushed first; nothing else is waited for."""
+    if isinstance(error, OSError | StoreError | ConfigError):
+        typer.echo(f"gitstafette: {_reason(error)}", err=True)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(1)
 
 
 def _reason(error: Exception) -> str:
@@ -265,7 +296,8 @@ def server(
         raise _fail(exc) from exc
     _configure_logging(log_level, log_format)
     try:
-        _run(Server(config).serve(), event_loop)
+        process = Server(config)
+        _run(process.serve(), event_loop, lambda: process.unfinished_steps)
     except ConfigError as exc:  # certificate files that cannot be used
         raise _fail(exc) from exc
     except (OSError, StoreError) as exc:  # a port that cannot be bound, a store that cannot be opened
