@@ -121,6 +121,19 @@ SENTRY_DSN_HELP = (
     "Report unexpected errors, signature failures and dead letters to this Sentry project (never a payload, "
     "header or secret). Prefer the environment variable SENTRY_DSN."
 )
+# The end of both ready-file helps: why a file, and how it is written.
+_READY_FILE_HOW = (
+    "Written whole (a temporary file renamed into place), so programs can wait for it instead of reading "
+    "the log; removed on shutdown."
+)
+READY_FILE_HELP = (
+    "Once both ports listen, write this JSON file: pid, host, http_port and grpc_port (the ports bound: "
+    "with port 0, the ones chosen). " + _READY_FILE_HOW
+)
+CLIENT_READY_FILE_HELP = (
+    "Once the health port listens, write this JSON file: pid, health_host and health_port (the port bound: "
+    "with port 0, the one chosen). " + _READY_FILE_HOW
+)
 SENTRY_OPTION = typer.Option(envvar=["GITSTAFETTE_SENTRY_DSN", "SENTRY_DSN"], help=SENTRY_DSN_HELP, show_default=False)
 OTEL_OPTION = typer.Option("--otel/--no-otel", envvar=["GITSTAFETTE_OTEL_ENABLED", "OTEL_ENABLED"], help=OTEL_HELP)
 
@@ -256,6 +269,14 @@ def server(
     keep_alive_timeout: Annotated[
         str, typer.Option(envvar="GITSTAFETTE_KEEP_ALIVE_TIMEOUT", help=KEEP_ALIVE_HELP)
     ] = "5s",
+    ready_file: Annotated[
+        str,
+        typer.Option(
+            envvar="GITSTAFETTE_READY_FILE",
+            metavar="PATH",
+            help=READY_FILE_HELP,
+        ),
+    ] = "",
 ) -> None:
     """Receive GitHub webhooks over HTTP, store them, and stream them to clients over gRPC."""
     # gRPC's C core writes its own line for a port it cannot bind, outside our log; the server says why itself.
@@ -291,6 +312,7 @@ def server(
             keep_alive_timeout_s=parse_duration(keep_alive_timeout, "keep-alive-timeout"),
             otel=OtelSettings.from_env(otel, constants.SERVER_SERVICE_NAME),
             sentry_dsn=Secret.optional(sentry_dsn),
+            ready_file=ready_file,
         )
     except ConfigError as exc:
         raise _fail(exc) from exc
@@ -425,6 +447,14 @@ def client(
     target_token: Annotated[
         str, typer.Option(envvar="GITSTAFETTE_TARGET_TOKEN", help=TARGET_TOKEN_HELP, show_default=False)
     ] = "",
+    ready_file: Annotated[
+        str,
+        typer.Option(
+            envvar="GITSTAFETTE_READY_FILE",
+            metavar="PATH",
+            help=CLIENT_READY_FILE_HELP,
+        ),
+    ] = "",
 ) -> None:
     """Stream events from a gitstafette server over gRPC and deliver each one to the target, acknowledged."""
     # gRPC's C core logs each failed connection attempt itself; the client logs a change of state once.
@@ -459,6 +489,7 @@ def client(
             target_token=Secret.optional(target_token),
             otel=OtelSettings.from_env(otel, constants.CLIENT_SERVICE_NAME),
             sentry_dsn=Secret.optional(sentry_dsn),
+            ready_file=ready_file,
         )
     except ConfigError as exc:
         raise _fail(exc) from exc

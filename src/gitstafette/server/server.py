@@ -32,6 +32,7 @@ from gitstafette import constants
 from gitstafette._http import EmbeddedHttpServer
 from gitstafette._http_limits import HttpLimits
 from gitstafette._proto import gitstafette_info_pb2, gitstafette_info_pb2_grpc, gitstafette_pb2, gitstafette_pb2_grpc
+from gitstafette._ready_file import ReadyFile
 from gitstafette._signals import handling_signals
 from gitstafette.config import ServerConfig
 from gitstafette.constants import SERVER_SERVICE_NAME
@@ -168,6 +169,7 @@ class Server:
         self._info = InfoService(config)
         #: startup completed: only a server that started says it stopped
         self._started = False
+        self._ready_file = ReadyFile(config.ready_file)
         #: the shutdown steps that ran out of time and were left behind, still running or cancelled: the
         #: process should exit without waiting for them (the CLI does, with exit code 1)
         self.unfinished_steps: list[str] = []
@@ -284,6 +286,8 @@ class Server:
             config.repositories,
             running_loop_name(),
         )
+        # After the line above, which stays for people: the file is what programs read.
+        self._ready_file.write(host=config.host, http_port=self.http_port, grpc_port=self.grpc_port)
 
     def _warn_about_security(self) -> None:
         """Say once, at startup, what is left open."""
@@ -371,6 +375,7 @@ class Server:
     async def shutdown(self) -> None:
         steps = _Shutdown(self.config.shutdown_grace_s)
         self.unfinished_steps = steps.unfinished
+        self._ready_file.remove()  # first: from now on no new requests are taken
         for task in self._tasks:
             task.cancel()
         # 1. No new webhooks; in-flight requests finish (uvicorn waits until the grace is over).
