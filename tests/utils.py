@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "github"
-
-_LISTENING = re.compile(r"listening: http=\S+:(\d+) grpc=\S+:(\d+)")
 
 
 def metric_sum(url: str, name: str, **labels: str) -> float:
@@ -68,7 +66,8 @@ def github_request(path: Path, delivery_id: str | None = None) -> tuple[dict[str
 class ChildProcess:
     """A gitstafette command as a child process whose stderr is kept, line by line, in ``lines``.
 
-    A subclass says from which log line on the process counts as started (``_started_by``).
+    It counts as started once it has written its ``--ready-file`` (JSON, with its pid); a subclass takes
+    the ports from it (``_on_ready``).
     """
 
     name = "process"
@@ -77,8 +76,9 @@ class ChildProcess:
         self.env = {**os.environ, **(env or {})}
         self.lines: list[str] = []
         self.process: subprocess.Popen[str] | None = None
+        self.ready_file = Path(tempfile.gettempdir()) / f"gitstafette-{self.name}-{uuid.uuid4().hex}.json"
 
-    def _started_by(self, line: str) -> bool:
+    def _on_ready(self, ready: dict[str, Any]) -> None:
         raise NotImplementedError
 
     def start(self, timeout: float = 30) -> Self:
@@ -86,30 +86,41 @@ class ChildProcess:
 
     def _spawn(self, command: list[str], timeout: float) -> None:
         self.lines = []
+        self.ready_file.unlink(missing_ok=True)
         self.process = subprocess.Popen(
-            command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=self.env
+            [*command, "--ready-file", str(self.ready_file)],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env=self.env,
         )
-        started = threading.Event()
-        self._ready = False
-        self._drainer = threading.Thread(target=self._drain, args=(self.process, started), daemon=True)
+        self._drainer = threading.Thread(target=self._drain, args=(self.process,), daemon=True)
         self._drainer.start()
-        if not started.wait(timeout) or not self._ready:
-            try:  # its stderr closed: it is exiting, though poll() may not say so yet
-                exited = self._drainer.join(1) is None and self.process.wait(1) is not None
-            except subprocess.TimeoutExpired:
-                exited = False
+        deadline = time.monotonic() + timeout
+        ready = self.ready()
+        while ready is None and self.process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+            ready = self.ready()
+        if ready is None:
+            exited = self.process.poll() is not None
             self.kill()
             what = "exited during startup" if exited else "did not start"
             raise RuntimeError(f"{self.name} {what}:\n" + self.log())
+        self._on_ready(ready)
 
-    def _drain(self, process: subprocess.Popen[str], started: threading.Event) -> None:
+    def ready(self) -> dict[str, Any] | None:
+        """What the ready file says, once this process (its pid) has written it."""
+        try:
+            ready: dict[str, Any] = json.loads(self.ready_file.read_text())
+        except FileNotFoundError:
+            return None
+        assert self.process is not None
+        return ready if ready["pid"] == self.process.pid else None
+
+    def _drain(self, process: subprocess.Popen[str]) -> None:
         assert process.stderr is not None
         for line in process.stderr:
             self.lines.append(line)
-            if not self._ready and self._started_by(line):
-                self._ready = True
-                started.set()
-        started.set()
         process.stderr.close()
 
     def log(self) -> str:
@@ -128,13 +139,14 @@ class ChildProcess:
             self.process.wait(10)
         if self.process is not None:
             self._drainer.join(5)
+        self.ready_file.unlink(missing_ok=True)  # a killed process leaves it behind
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
 
 class ServerProcess(ChildProcess):
-    """``gitstafette server`` as a child process on ports it chose itself (port 0, read from its log)."""
+    """``gitstafette server`` as a child process on ports it chose itself (port 0, read from its ready file)."""
 
     name = "server"
 
@@ -154,11 +166,8 @@ class ServerProcess(ChildProcess):
     def grpc_target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def _started_by(self, line: str) -> bool:
-        match = _LISTENING.search(line)
-        if match:
-            self.http_port, self.grpc_port = int(match.group(1)), int(match.group(2))
-        return match is not None
+    def _on_ready(self, ready: dict[str, Any]) -> None:
+        self.http_port, self.grpc_port = ready["http_port"], ready["grpc_port"]
 
     def start(self, timeout: float = 30) -> ServerProcess:
         command = [*self.program, "server", "--host", "127.0.0.1"]

@@ -90,14 +90,18 @@ class EmbeddedHttpServer:
                 raise OSError(f"the {self.name} listener on {self.host}:{self.port} stopped during startup")
             await asyncio.sleep(0.01)
 
-    async def stop(self) -> None:
-        """Take no new connections, let requests in flight finish within the grace, then cut the rest."""
+    async def stop(self, timeout_s: float | None = None) -> bool:
+        """Take no new connections, let requests in flight finish within the grace (or ``timeout_s``, the
+        time a shutdown has left), then cut the rest. False when some were cut."""
         if self._task is None:
-            return
+            return True
         self._server.should_exit = True
+        graceful = True
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), self._grace_s + 1)
+            await asyncio.wait_for(asyncio.shield(self._task), self._grace_s + 1 if timeout_s is None else timeout_s)
         except TimeoutError:
+            graceful = False
             self._server.force_exit = True
             await self._task
         self._task = None
+        return graceful

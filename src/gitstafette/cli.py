@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import socket
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
@@ -119,6 +121,19 @@ SENTRY_DSN_HELP = (
     "Report unexpected errors, signature failures and dead letters to this Sentry project (never a payload, "
     "header or secret). Prefer the environment variable SENTRY_DSN."
 )
+# The end of both ready-file helps: why a file, and how it is written.
+_READY_FILE_HOW = (
+    "Written whole (a temporary file renamed into place), so programs can wait for it instead of reading "
+    "the log; removed on shutdown."
+)
+READY_FILE_HELP = (
+    "Once both ports listen, write this JSON file: pid, host, http_port and grpc_port (the ports bound: "
+    "with port 0, the ones chosen). " + _READY_FILE_HOW
+)
+CLIENT_READY_FILE_HELP = (
+    "Once the health port listens, write this JSON file: pid, health_host and health_port (the port bound: "
+    "with port 0, the one chosen). " + _READY_FILE_HOW
+)
 SENTRY_OPTION = typer.Option(envvar=["GITSTAFETTE_SENTRY_DSN", "SENTRY_DSN"], help=SENTRY_DSN_HELP, show_default=False)
 OTEL_OPTION = typer.Option("--otel/--no-otel", envvar=["GITSTAFETTE_OTEL_ENABLED", "OTEL_ENABLED"], help=OTEL_HELP)
 
@@ -143,15 +158,44 @@ def _fail(error: ConfigError) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _run(main: Coroutine[Any, Any, None], event_loop: str) -> None:
-    """Run ``main`` on the event loop ``--event-loop`` names (asyncio.Runner's documented loop_factory)."""
+def _run(
+    main: Coroutine[Any, Any, None], event_loop: str, left_behind: Callable[[], list[str]] = list
+) -> None:
+    """Run ``main`` on the event loop ``--event-loop`` names (asyncio.Runner's documented loop_factory).
+
+    When ``left_behind()`` names shutdown steps that ran out of time, the process exits at once (code 1,
+    see :func:`_exit_now`) instead of closing the loop: closing it waits, without a bound, for every task
+    left (one that ignores its cancellation) and for the executor's threads (one stuck in a driver).
+    """
     try:
         factory = event_loop_factory(event_loop)
     except ConfigError as exc:
         main.close()
         raise _fail(exc) from exc
-    with asyncio.Runner(loop_factory=factory) as runner:
+    runner = asyncio.Runner(loop_factory=factory)
+    try:
         runner.run(main)
+    except BaseException as exc:
+        if left_behind():
+            _exit_now(exc)
+        raise
+    else:
+        if left_behind():
+            _exit_now(None)
+    finally:
+        runner.close()
+
+
+def _exit_now(error: BaseException | None) -> NoReturn:
+    """End the process now, with exit code 1: the log has said which shutdown step ran out of time and what
+    it left undone. The logs and the standard streams are flushed first; nothing else is waited for."""
+    if isinstance(error, OSError | StoreError | ConfigError):
+        typer.echo(f"gitstafette: {_reason(error)}", err=True)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(1)
 
 
 def _reason(error: Exception) -> str:
@@ -225,6 +269,14 @@ def server(
     keep_alive_timeout: Annotated[
         str, typer.Option(envvar="GITSTAFETTE_KEEP_ALIVE_TIMEOUT", help=KEEP_ALIVE_HELP)
     ] = "5s",
+    ready_file: Annotated[
+        str,
+        typer.Option(
+            envvar="GITSTAFETTE_READY_FILE",
+            metavar="PATH",
+            help=READY_FILE_HELP,
+        ),
+    ] = "",
 ) -> None:
     """Receive GitHub webhooks over HTTP, store them, and stream them to clients over gRPC."""
     # gRPC's C core writes its own line for a port it cannot bind, outside our log; the server says why itself.
@@ -260,12 +312,14 @@ def server(
             keep_alive_timeout_s=parse_duration(keep_alive_timeout, "keep-alive-timeout"),
             otel=OtelSettings.from_env(otel, constants.SERVER_SERVICE_NAME),
             sentry_dsn=Secret.optional(sentry_dsn),
+            ready_file=ready_file,
         )
     except ConfigError as exc:
         raise _fail(exc) from exc
     _configure_logging(log_level, log_format)
     try:
-        _run(Server(config).serve(), event_loop)
+        process = Server(config)
+        _run(process.serve(), event_loop, lambda: process.unfinished_steps)
     except ConfigError as exc:  # certificate files that cannot be used
         raise _fail(exc) from exc
     except (OSError, StoreError) as exc:  # a port that cannot be bound, a store that cannot be opened
@@ -393,6 +447,14 @@ def client(
     target_token: Annotated[
         str, typer.Option(envvar="GITSTAFETTE_TARGET_TOKEN", help=TARGET_TOKEN_HELP, show_default=False)
     ] = "",
+    ready_file: Annotated[
+        str,
+        typer.Option(
+            envvar="GITSTAFETTE_READY_FILE",
+            metavar="PATH",
+            help=CLIENT_READY_FILE_HELP,
+        ),
+    ] = "",
 ) -> None:
     """Stream events from a gitstafette server over gRPC and deliver each one to the target, acknowledged."""
     # gRPC's C core logs each failed connection attempt itself; the client logs a change of state once.
@@ -427,6 +489,7 @@ def client(
             target_token=Secret.optional(target_token),
             otel=OtelSettings.from_env(otel, constants.CLIENT_SERVICE_NAME),
             sentry_dsn=Secret.optional(sentry_dsn),
+            ready_file=ready_file,
         )
     except ConfigError as exc:
         raise _fail(exc) from exc

@@ -400,6 +400,8 @@ class ServerConfig:
     otel: OtelSettings = field(default_factory=lambda: OtelSettings(False, constants.SERVER_SERVICE_NAME))
     #: report errors, signature failures and dead letters to this Sentry project (SENTRY_DSN)
     sentry_dsn: Secret | None = None
+    #: once both ports listen, a JSON file of the pid, host, http_port and grpc_port (removed at shutdown)
+    ready_file: str = ""
 
     @property
     def grpc_max_message_bytes(self) -> int:
@@ -548,6 +550,8 @@ class ClientConfig:
     otel: OtelSettings = field(default_factory=lambda: OtelSettings(False, constants.CLIENT_SERVICE_NAME))
     #: report errors, signature failures and dead letters to this Sentry project (SENTRY_DSN)
     sentry_dsn: Secret | None = None
+    #: once the health port listens, a JSON file of the pid, health_host and health_port (removed at shutdown)
+    ready_file: str = ""
 
     @staticmethod
     def split(values: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import socket
 import sys
 import threading
@@ -18,8 +17,6 @@ from typing import Any
 import httpx
 
 from tests.utils import FIXTURES, ChildProcess, ServerProcess, github_request, metric_sum, running
-
-_HEALTH = re.compile(r"listening: health=\S+:(\d+)")
 
 PUSH = FIXTURES / "push.0.json"
 
@@ -174,7 +171,7 @@ class RecordingTarget:
 
 
 class ClientProcess(ChildProcess):
-    """``gitstafette client`` as a child process with its health port on a free port (read from its log)."""
+    """``gitstafette client`` as a child process with its health port on a free port (read from its ready file)."""
 
     name = "client"
 
@@ -218,11 +215,8 @@ class ClientProcess(ChildProcess):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.health_port}"
 
-    def _started_by(self, line: str) -> bool:
-        match = _HEALTH.search(line)
-        if match:
-            self.health_port = int(match.group(1))
-        return match is not None
+    def _on_ready(self, ready: dict[str, Any]) -> None:
+        self.health_port = ready["health_port"]
 
     def start(self, timeout: float = 30) -> ClientProcess:
         self.health_port = 0

@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from gitstafette import __version__
 from gitstafette._http import EmbeddedHttpServer
+from gitstafette._ready_file import ReadyFile
 from gitstafette._signals import handling_signals
 from gitstafette.client.consumer import Consumer, Received, Stream
 from gitstafette.client.metrics import ClientMetrics
@@ -121,6 +122,7 @@ class Client:
         self._http_server: EmbeddedHttpServer | None = None
         #: GitHub's webhook secrets: loaded at startup, checked before every delivery when there are any
         self.secrets = WebhookSecrets()
+        self._ready_file = ReadyFile(config.ready_file)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -193,6 +195,8 @@ class Client:
             config.target_display,
             running_loop_name(),
         )
+        # After the line above, which stays for people: the file is what programs read.
+        self._ready_file.write(health_host=config.health_host, health_port=self.health_port)
 
     async def _start_health_port(self) -> None:
         self._http_server = EmbeddedHttpServer(
@@ -391,6 +395,7 @@ class Client:
 
     async def shutdown(self) -> None:
         grace = self.config.shutdown_grace_s
+        self._ready_file.remove()  # first: from now on no new events are taken
         self._stopping.set()
         # 1. No new events; each lane finishes the delivery it is in.
         lanes = [lane.task for lane in self.lanes.values() if lane.task is not None]

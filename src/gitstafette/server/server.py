@@ -3,6 +3,12 @@
 Lifecycle: ``startup`` (open the store, bind both ports, start background tasks) → wait for a stop
 (SIGTERM, SIGINT or ``request_stop``) → ``shutdown`` (stop taking requests, let in-flight requests
 finish, end every stream cleanly, close the store), each step bounded by the shutdown grace.
+
+The grace is one deadline for the whole shutdown, set when it starts: requests and streams in flight get
+until the grace is over, and the closing steps (the last cursors and audit records, telemetry, the store's
+close) share what is left of it plus ``SHUTDOWN_MARGIN_S``. A step still running then is cancelled, logged
+with what it leaves undone, and left behind: the process exits anyway, before Kubernetes' SIGKILL (a step
+started after the deadline gets ``SHUTDOWN_STEP_FLOOR_S``, so the bound is a little more with each).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -26,6 +32,7 @@ from gitstafette import constants
 from gitstafette._http import EmbeddedHttpServer
 from gitstafette._http_limits import HttpLimits
 from gitstafette._proto import gitstafette_info_pb2, gitstafette_info_pb2_grpc, gitstafette_pb2, gitstafette_pb2_grpc
+from gitstafette._ready_file import ReadyFile
 from gitstafette._signals import handling_signals
 from gitstafette.config import ServerConfig
 from gitstafette.constants import SERVER_SERVICE_NAME
@@ -54,6 +61,13 @@ HEALTH_INTERVAL_S = 5.0
 UNHEALTHY_INTERVAL_S = 0.5
 #: How often old events are pruned.
 PRUNE_INTERVAL_S = 60.0
+#: What the closing steps of a shutdown may take past the grace when the requests and streams in flight
+#: used all of it: those steps take milliseconds, but they are the ones that commit the last writes. Keep
+#: ``terminationGracePeriodSeconds`` above the grace plus this (and a second for the process to exit).
+SHUTDOWN_MARGIN_S = 2.0
+#: What a shutdown step started after the deadline still gets: one with nothing to wait for (no Sentry
+#: reports pending, say) finishes instead of being reported. At most this much per step past the deadline.
+SHUTDOWN_STEP_FLOOR_S = 0.2
 
 _SERVICE_NAMES = (
     gitstafette_pb2.DESCRIPTOR.services_by_name["Gitstafette"].full_name,
@@ -82,10 +96,49 @@ def _bind_problem(host: str, port: int) -> str:
     return "gRPC could not bind it (GRPC_VERBOSITY=debug shows why)"
 
 
+class _Shutdown:
+    """The steps of one shutdown against one deadline: ``grace_end`` for the work in flight, ``end`` (the
+    grace plus ``SHUTDOWN_MARGIN_S``) for every step. ``unfinished`` names the steps that ran out of time."""
+
+    def __init__(self, grace_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.grace_s = grace_s
+        self.grace_end = self._loop.time() + grace_s
+        self.end = self.grace_end + SHUTDOWN_MARGIN_S
+        self.unfinished: list[str] = []
+
+    def left(self, until: float) -> float:
+        return max(0.0, until - self._loop.time())
+
+    async def step(self, what: str, undone: str, work: Awaitable[object]) -> None:
+        """Await ``work`` until the end of the shutdown; past it, cancel it and say what is ``undone``.
+
+        asyncio.wait, not wait_for: wait_for waits for the cancelled work to end, and work stuck where a
+        cancellation cannot reach (a shielded write, a driver's thread) would hold the shutdown forever.
+        """
+        task = asyncio.ensure_future(work)
+        await asyncio.wait({task}, timeout=max(self.left(self.end), SHUTDOWN_STEP_FLOOR_S))
+        if task.done():
+            task.result()  # an error is the caller's, as it was before steps were bounded
+            return
+        task.cancel()
+        self.unfinished.append(what)
+        logger.error(
+            "%s did not finish within the grace (%gs, then %gs for the last writes): %s",
+            what,
+            self.grace_s,
+            SHUTDOWN_MARGIN_S,
+            undone,
+        )
+
+
 class Server:
     """One gitstafette server: ``await Server(config).serve()`` runs until stopped.
 
     SIGHUP re-reads the tokens file, the admin token file and the webhook secrets file (:meth:`reload`).
+
+    Shutdown is bounded by ``config.shutdown_grace_s`` plus ``SHUTDOWN_MARGIN_S``: Kubernetes'
+    ``terminationGracePeriodSeconds`` should exceed that sum by a second or more.
 
     :raises ConfigError: a secrets or tokens file cannot be used.
     """
@@ -116,6 +169,10 @@ class Server:
         self._info = InfoService(config)
         #: startup completed: only a server that started says it stopped
         self._started = False
+        self._ready_file = ReadyFile(config.ready_file)
+        #: the shutdown steps that ran out of time and were left behind, still running or cancelled: the
+        #: process should exit without waiting for them (the CLI does, with exit code 1)
+        self.unfinished_steps: list[str] = []
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -229,6 +286,8 @@ class Server:
             config.repositories,
             running_loop_name(),
         )
+        # After the line above, which stays for people: the file is what programs read.
+        self._ready_file.write(host=config.host, http_port=self.http_port, grpc_port=self.grpc_port)
 
     def _warn_about_security(self) -> None:
         """Say once, at startup, what is left open."""
@@ -314,27 +373,64 @@ class Server:
                 logger.info("pruned %d events past retention", pruned)
 
     async def shutdown(self) -> None:
-        grace = self.config.shutdown_grace_s
+        steps = _Shutdown(self.config.shutdown_grace_s)
+        self.unfinished_steps = steps.unfinished
+        self._ready_file.remove()  # first: from now on no new requests are taken
         for task in self._tasks:
             task.cancel()
-        # 1. No new webhooks; in-flight requests finish (uvicorn waits up to the grace).
+        # 1. No new webhooks; in-flight requests finish (uvicorn waits until the grace is over).
         if self._http is not None:
-            await self._http.stop()
+            http = self._http
+            graceful = True
+
+            async def stop_http() -> None:
+                nonlocal graceful
+                graceful = await http.stop(steps.left(steps.grace_end))
+
+            await steps.step("HTTP stop", "requests in flight were not answered", stop_http())
+            if not graceful:
+                logger.warning("HTTP requests still in flight when the grace was over were cut")
         # 2. Streams end cleanly: the acknowledged ones get end-of-stream, legacy ones wake and return.
         await self._set_health(False)
         self.dispatcher.close()
         self.store.notifier.close()
         self.store.streamable.close()
         if self._grpc is not None:
-            await self._grpc.stop(grace)
+            await steps.step(
+                "gRPC stop",
+                "streams still open were cut",
+                self._grpc.stop(steps.left(steps.grace_end)),
+            )
+        # The health, prune and audit loops, cancelled above, are done with the store before it closes.
+        if self._tasks:
+            await steps.step(
+                "background tasks",
+                "a store call of the health, prune or audit loop may still be running",
+                asyncio.gather(*self._tasks, return_exceptions=True),
+            )
         # 3. Pending writes are committed (the last cursors and audit records too), then the store is closed.
-        await self.dispatcher.wait_disconnected()
-        await self.dispatcher.cursor_writer.flush()
-        await self.audit.flush()
-        await self.telemetry.aclose()  # the last metrics (the backlog reads the store) and pending spans
-        await self.store.aclose()
+        await steps.step(
+            "hand-over of ended streams",
+            "their last cursors may not be written, so clients may be sent acknowledged events again",
+            self.dispatcher.wait_disconnected(),
+        )
+        await steps.step(
+            "cursor flush",
+            "the last cursors may not be written, so clients may be sent acknowledged events again",
+            self.dispatcher.cursor_writer.flush(),
+        )
+        await steps.step("audit flush", "the last audit records may be lost", self.audit.flush())
+        await steps.step(
+            "telemetry close",  # the last metrics (the backlog reads the store) and pending spans
+            "the last metrics and spans may not be exported",
+            self.telemetry.aclose(),
+        )
+        await steps.step("store close", "pending writes may be lost", self.store.aclose())
         if self._gc_threshold is not None:
             gc.set_threshold(*self._gc_threshold)
         if self._started:
-            logger.info("gitstafette server stopped")
-        await asyncio.to_thread(stop_sentry)
+            if steps.unfinished:
+                logger.error("gitstafette server stopped, unfinished: %s", ", ".join(steps.unfinished))
+            else:
+                logger.info("gitstafette server stopped")
+        await steps.step("Sentry flush", "reports not sent yet may be lost", asyncio.to_thread(stop_sentry))
