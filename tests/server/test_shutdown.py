@@ -15,8 +15,8 @@ import pytest
 
 from gitstafette._proto import gitstafette_pb2 as pb
 from gitstafette._proto import gitstafette_pb2_grpc as pb_grpc
-from tests.grpc_clients import AckStream
 from gitstafette.server.server import SHUTDOWN_MARGIN_S
+from tests.grpc_clients import AckStream
 from tests.utils import FIXTURES, github_request, running_server
 
 HANGING_STORE_SERVER = Path(__file__).with_name("hanging_store_server.py")
