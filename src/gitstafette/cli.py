@@ -158,9 +158,7 @@ def _fail(error: ConfigError) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _run(
-    main: Coroutine[Any, Any, None], event_loop: str, left_behind: Callable[[], list[str]] = list
-) -> None:
+def _run(main: Coroutine[Any, Any, None], event_loop: str, left_behind: Callable[[], list[str]] = list) -> None:
     """Run ``main`` on the event loop ``--event-loop`` names (asyncio.Runner's documented loop_factory).
 
     When ``left_behind()`` names shutdown steps that ran out of time, the process exits at once (code 1,
