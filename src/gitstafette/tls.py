@@ -38,7 +38,7 @@ from gitstafette.exceptions import ConfigError
 
 __all__ = ["ServerTls", "client_channel_options", "client_credentials", "describe_client_tls"]
 
-logger = logging.getLogger("gitstafette.tls")
+logger = logging.getLogger(__name__)
 
 #: A certificate this close to its end gets a warning at startup and on each reload.
 EXPIRY_WARNING = datetime.timedelta(days=7)

@@ -50,7 +50,7 @@ from gitstafette.tls import client_credentials, describe_client_tls
 
 __all__ = ["Client"]
 
-logger = logging.getLogger("gitstafette.client")
+logger = logging.getLogger(__name__)
 
 #: Settled events remembered per repository, so one the server sends again is not delivered again. The
 #: server keeps at most 256 events per repository unacknowledged, so it never re-sends one older than that.
@@ -59,8 +59,9 @@ SETTLED_MEMORY = 4096
 STREAM_CLOSE_S = 5.0
 
 
-class _Lane:
-    """One repository's events, delivered one after another, and the outcomes of the latest ones."""
+class _DeliveryLane:
+    """One repository's events, delivered one after another, and the outcomes of the latest ones. (The
+    client's side; the server's ``dispatch.Lane`` is what sends a repository's events on one stream.)"""
 
     def __init__(self, repository_id: str) -> None:
         self.repository_id = repository_id
@@ -108,7 +109,7 @@ class Client:
         self.metrics = ClientMetrics()
         self.telemetry = Telemetry(config.otel, self.metrics.registry)
         self.consumer = Consumer(config, self._on_event, self.metrics)
-        self.lanes: dict[str, _Lane] = {}
+        self.lanes: dict[str, _DeliveryLane] = {}
         self.health_port = config.health_port
         self.failed = False
         self._stop = asyncio.Event()
@@ -263,12 +264,12 @@ class Client:
         repository_id = received.event.repository_id
         lane = self.lanes.get(repository_id)
         if lane is None:
-            lane = self.lanes[repository_id] = _Lane(repository_id)
+            lane = self.lanes[repository_id] = _DeliveryLane(repository_id)
             lane.task = asyncio.create_task(self._run_lane(lane), name=f"lane {repository_id}")
             lane.task.add_done_callback(self._on_task_done)
         lane.queue.put_nowait(received)
 
-    async def _run_lane(self, lane: _Lane) -> None:
+    async def _run_lane(self, lane: _DeliveryLane) -> None:
         assert self._relay is not None
         while not self._stopping.is_set():
             unbind_event()

@@ -35,7 +35,7 @@ from gitstafette.tls import client_channel_options, client_credentials
 
 __all__ = ["Consumer", "ConsumerState", "Received", "Stream", "event_from_relayed"]
 
-logger = logging.getLogger("gitstafette.client.consumer")
+logger = logging.getLogger(__name__)
 
 #: A stream that lasted this long was a good one: the next reconnect starts from the shortest backoff.
 STABLE_STREAM_S = 5.0

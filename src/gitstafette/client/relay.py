@@ -42,7 +42,7 @@ __all__ = [
     "wait_for_any",
 ]
 
-logger = logging.getLogger("gitstafette.client.relay")
+logger = logging.getLogger(__name__)
 
 #: Headers that describe one hop's framing, not the webhook: the HTTP client sets its own.
 _HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "upgrade"})

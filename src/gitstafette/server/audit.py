@@ -19,7 +19,7 @@ from gitstafette.store import EventStore
 
 __all__ = ["AuditLog"]
 
-logger = logging.getLogger("gitstafette.server.audit")
+logger = logging.getLogger(__name__)
 
 #: How often gathered records are written, and how many make a write start at once.
 FLUSH_INTERVAL_S = 0.25

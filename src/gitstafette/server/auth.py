@@ -58,7 +58,7 @@ __all__ = [
     "load_tokens",
 ]
 
-logger = logging.getLogger("gitstafette.server.auth")
+logger = logging.getLogger(__name__)
 
 #: Calls of this service need a token; every other service of the server is open.
 GUARDED_PREFIX = "/gitstafette.v1.Gitstafette/"

@@ -32,7 +32,7 @@ from gitstafette.store import EventStore, Lease
 
 __all__ = ["AssignmentChanged", "Connection", "Dispatcher", "EndOfStream", "OutboxItem", "Outgoing"]
 
-logger = logging.getLogger("gitstafette.server.dispatch")
+logger = logging.getLogger(__name__)
 
 #: Most unacknowledged events per lane, and most unacknowledged body bytes (at least one event goes).
 DEFAULT_WINDOW = 256

@@ -40,7 +40,7 @@ from gitstafette.store import EventStore
 
 __all__ = ["GitstafetteService", "InfoService"]
 
-logger = logging.getLogger("gitstafette.server.grpc")
+logger = logging.getLogger(__name__)
 
 
 def _fit_one_message(events: list[WebhookEvent], max_body_bytes: int) -> list[WebhookEvent]:

@@ -31,7 +31,7 @@ from gitstafette.store import EventStore
 
 __all__ = ["create_app"]
 
-logger = logging.getLogger("gitstafette.server.http")
+logger = logging.getLogger(__name__)
 
 #: A body this much over the limit is read and dropped before the 413; a larger one is not read at all.
 DRAIN_MAX_BYTES = 1024 * 1024

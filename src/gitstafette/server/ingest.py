@@ -18,7 +18,7 @@ from gitstafette.telemetry import sentry, tracing
 
 __all__ = ["Ingest", "Outcome"]
 
-logger = logging.getLogger("gitstafette.server.ingest")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

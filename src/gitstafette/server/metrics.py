@@ -23,7 +23,7 @@ from gitstafette.telemetry.labels import LabelChildren
 
 __all__ = ["Backlog", "ServerMetrics", "STORE_OPERATIONS"]
 
-logger = logging.getLogger("gitstafette.server.metrics")
+logger = logging.getLogger(__name__)
 
 # Counters without the extra *_created series: half the lines, nothing a dashboard uses.
 disable_created_metrics()  # type: ignore[no-untyped-call]

@@ -53,7 +53,7 @@ from gitstafette.tls import ServerTls
 
 __all__ = ["Server"]
 
-logger = logging.getLogger("gitstafette.server")
+logger = logging.getLogger(__name__)
 
 #: How often the store is checked for the gRPC health status.
 HEALTH_INTERVAL_S = 5.0

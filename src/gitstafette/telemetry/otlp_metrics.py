@@ -37,7 +37,7 @@ from gitstafette.telemetry.otel import OtelSettings, Protocol
 
 __all__ = ["OtlpMetricsBridge", "metric_exporter", "to_metrics_data"]
 
-logger = logging.getLogger("gitstafette.telemetry")
+logger = logging.getLogger(__name__)
 
 _SCOPE = InstrumentationScope("gitstafette", __version__)
 

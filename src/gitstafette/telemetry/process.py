@@ -17,7 +17,7 @@ from gitstafette.telemetry.otlp_metrics import OtlpMetricsBridge
 
 __all__ = ["Telemetry"]
 
-logger = logging.getLogger("gitstafette.telemetry")
+logger = logging.getLogger(__name__)
 
 #: requests that get no HTTP server span: probes and scrapes, many and uninteresting
 UNTRACED_PATHS = "healthz,readyz,metrics,health,ready"

@@ -30,7 +30,7 @@ from gitstafette.model import WebhookEvent
 
 __all__ = ["report", "start_sentry", "stop_sentry"]
 
-logger = logging.getLogger("gitstafette.telemetry")
+logger = logging.getLogger(__name__)
 
 REDACTED = "[redacted]"
 #: how long pending events may take to leave at shutdown

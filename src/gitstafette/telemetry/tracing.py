@@ -48,7 +48,7 @@ __all__ = [
     "tracer",
 ]
 
-logger = logging.getLogger("gitstafette.telemetry")
+logger = logging.getLogger(__name__)
 
 #: the process's tracer while tracing is on; None while it is off (the default)
 tracer: Tracer | None = None
