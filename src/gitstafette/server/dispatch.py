@@ -127,7 +127,7 @@ class Lane:
         store = self.group.dispatcher.store
         holder = f"connection {self.connection.id} lane {next(_lane_ids)}"
         lease = store.lease(self.group.client_id, self.repository_id, holder)
-        while not store.notifier.closed:
+        while not store.closed:
             tasks: list[asyncio.Task[Any]] = []
             try:
                 await self._acquire(lease)
@@ -200,7 +200,7 @@ class Lane:
         #: the last sequence sent; None until the lane has its start (the store may be away at first too)
         after: int | None = None
         delay_s, failing = STORE_RETRY_MIN_S, False
-        while not store.notifier.closed:
+        while not store.closed:
             try:
                 if after is None:
                     # The store's cursor may be ahead (another replica served the repository meanwhile),

@@ -189,7 +189,7 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
         #: a cursor sent past but not yet recorded (the store was away when it was to be written)
         unsaved: int | None = None
         delay_s, failing = STORE_RETRY_MIN_S, False
-        while not self.store.notifier.closed and session.ended is None:
+        while not self.store.closed and session.ended is None:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 break
@@ -418,17 +418,16 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
     async def _resolve_later(self, names: list[str], connection: Connection) -> None:
         """Add owner/name subscriptions to the connection as their first events arrive."""
         logger.info("client %s: waiting for a first event of %s", connection.client_id, ", ".join(names))
-        notifier = self.store.notifier
-        while names and not notifier.closed:
+        while names and not self.store.closed:
             # Marked before the lookups: a first event stored while they run wakes the next wait at once.
-            mark = notifier.changes()
+            mark = self.store.changes()
             found = {name: await self.store.resolve_repository(name) for name in names}
             names = [name for name, repository_id in found.items() if repository_id is None]
             ids = [repository_id for repository_id in found.values() if repository_id is not None]
             if ids:
                 self.dispatcher.extend(connection, ids)
             if names:
-                await notifier.wait_any(timeout=None, since=mark)
+                await self.store.wait_any(timeout=None, since=mark)
 
     async def _read_settlements(
         self, request_iterator: AsyncIterator[pb.StreamRequest], connection: Connection

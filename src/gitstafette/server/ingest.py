@@ -56,8 +56,6 @@ class Ingest:
         self.store = store
         self.secrets = secrets or WebhookSecrets(config.webhook_secret)
         self.metrics = metrics
-        #: the store's kind, for the store span: memory, sqlite or redis
-        self.store_system = store.url.split(":", 1)[0] or type(store).__name__
 
     def count(self, outcome: Outcome, repository_id: str, event_type: str) -> Outcome:
         self.metrics.webhooks(repository_id, event_type, outcome.outcome).inc()
@@ -92,7 +90,7 @@ class Ingest:
     async def _append(self, event: WebhookEvent) -> AppendResult:
         if tracing.tracer is None:
             return await self.store.append(event)
-        with tracing.tracer.start_as_current_span("store append", attributes={"db.system": self.store_system}):
+        with tracing.tracer.start_as_current_span("store append", attributes={"db.system": self.store.kind}):
             return await self.store.append(event)
 
     async def _store_event(self, event: WebhookEvent, body_checked: bool) -> Outcome:

@@ -393,8 +393,7 @@ class Server:
         # 2. Streams end cleanly: the acknowledged ones get end-of-stream, legacy ones wake and return.
         await self._set_health(False)
         self.dispatcher.close()
-        self.store.notifier.close()
-        self.store.streamable.close()
+        self.store.stop_waiters()
         if self._grpc is not None:
             await steps.step(
                 "gRPC stop",

@@ -92,6 +92,8 @@ class _RecentEvents:
 
 
 class SQLiteStore(EventStore):
+    kind = "sqlite"
+
     def __init__(self, path: str, synchronous: Literal["full", "normal"] = "full") -> None:
         super().__init__()
         self.path = path
@@ -133,7 +135,7 @@ class SQLiteStore(EventStore):
         self._last_sequence = {repository_id: last for repository_id, last in rows}
         self._deliveries = StoredDeliveries.read(connection)
         for repository_id, last in rows:
-            self.notifier.advance(repository_id, last)
+            self.committed.advance(repository_id, last)
             self.streamable.advance(repository_id, last)
         # Checkpoints run in their own thread (below), so no webhook's commit waits for one.
         connection.execute("PRAGMA wal_autocheckpoint=0")
@@ -237,7 +239,7 @@ class SQLiteStore(EventStore):
         def settled(committed: bool) -> None:  # in the event loop, before the appending task resumes
             del self._storing[key]
             if committed:
-                self.notifier.advance(stored.repository_id, stored.sequence)
+                self.committed.advance(stored.repository_id, stored.sequence)
             else:
                 self._recent.discard([stored])  # lost: the streams read the committed events instead
 
@@ -404,7 +406,7 @@ class SQLiteStore(EventStore):
             raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
 
     async def read_after(self, repository_id: str, after_sequence: int, limit: int = 100) -> list[WebhookEvent]:
-        committed = self.notifier.latest(repository_id)
+        committed = self.committed.latest(repository_id)
         if committed <= after_sequence:
             return []
         recent = self._recent.after(repository_id, after_sequence, limit, up_to=committed)
@@ -429,7 +431,7 @@ class SQLiteStore(EventStore):
             return recent
         # Not held in memory (older events, or the gap a failed commit left): the committed ones, once the
         # commit in flight is done.
-        await self.notifier.wait_beyond(repository_id, after_sequence, None)
+        await self.committed.wait_beyond(repository_id, after_sequence, None)
         return await self.read_after(repository_id, after_sequence, limit)
 
     async def get_cursor(self, client_id: str, repository_id: str) -> int | None:
