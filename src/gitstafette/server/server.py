@@ -45,7 +45,7 @@ from gitstafette.server.dispatch import Dispatcher
 from gitstafette.server.grpc_service import GitstafetteService, InfoService
 from gitstafette.server.http_app import create_app
 from gitstafette.server.ingest import Ingest
-from gitstafette.server.metrics import ServerMetrics
+from gitstafette.server.metrics import ServerMetrics, TimedStore
 from gitstafette.store import EventStore, create_store
 from gitstafette.telemetry.process import Telemetry
 from gitstafette.telemetry.sentry import start_sentry, stop_sentry
@@ -148,10 +148,15 @@ class Server:
         # The files of secrets first: one that cannot be used stops the server before it opens anything.
         self.auth = Authenticator(config)
         secrets = load_webhook_secrets(config.webhook_secret, config.webhook_secrets_file)
-        self.store = store or create_store(config.store)
+        # The gauges ask the dispatcher, made below: it needs the store the metrics time.
+        self.metrics = ServerMetrics(
+            store or create_store(config.store),
+            lambda: self.dispatcher.connection_count(),
+            lambda: self.dispatcher.cursors(),
+        )
+        #: the store every component uses: the backend (``store.inner``) with its operations timed
+        self.store: TimedStore = self.metrics.store
         self.dispatcher = Dispatcher(self.store)
-        self.metrics = ServerMetrics(self.store, self.dispatcher.connection_count, self.dispatcher.cursors)
-        self.metrics.time_store(self.store)
         self.ingest = Ingest(config, self.store, self.metrics, secrets)
         self.audit = AuditLog(self.store, self.metrics)
         self.telemetry = Telemetry(config.otel, self.metrics.registry, self.metrics.backlog.refresh)
