@@ -31,11 +31,12 @@ from dataclasses import astuple
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from gitstafette.exceptions import StoreError, StoreUnavailable
+from gitstafette.exceptions import StoreUnavailable
 from gitstafette.model import AuditRecord, DeadLetter, RepositoryState, WebhookEvent
 from gitstafette.store.base import AppendResult, EventStore, SequenceNotifier, prunable
 from gitstafette.store.sqlite import schema
 from gitstafette.store.sqlite.deliveries import StoredDeliveries
+from gitstafette.store.sqlite.errors import as_store_error
 from gitstafette.store.sqlite.writer import Checkpointer, GroupCommitWriter, Write
 
 __all__ = ["SQLiteStore"]
@@ -129,11 +130,13 @@ class SQLiteStore(EventStore):
         try:
             connection = schema.connect(self.path)
             connection.executescript(schema.SCHEMA)
+            rows = connection.execute("SELECT repository_id, last_sequence FROM repositories").fetchall()
+            self._deliveries = StoredDeliveries.read(connection)
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open SQLite store {self.path}: {exc}") from exc
-        rows = connection.execute("SELECT repository_id, last_sequence FROM repositories").fetchall()
+            # Locked or on a disk that fails: may pass (StoreUnavailable); not a database, corrupt: will not.
+            error = as_store_error(exc, f"opening {self.path}")
+            raise type(error)(f"cannot open SQLite store {self.path}: {exc}") from exc
         self._last_sequence = {repository_id: last for repository_id, last in rows}
-        self._deliveries = StoredDeliveries.read(connection)
         for repository_id, last in rows:
             self.committed.advance(repository_id, last)
             self.streamable.advance(repository_id, last)
@@ -219,7 +222,7 @@ class SQLiteStore(EventStore):
                 (event.repository_id, event.delivery_id),
             ).fetchone()
         except sqlite3.Error as exc:
-            raise StoreError(f"SQLite lookup failed: {exc}") from exc
+            raise as_store_error(exc, "lookup") from exc
         return None if row is None else int(row[0])
 
     async def append(self, event: WebhookEvent) -> AppendResult:
@@ -403,7 +406,7 @@ class SQLiteStore(EventStore):
         try:
             return await loop.run_in_executor(self._readers, lambda: function(self._reader()))
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
+            raise as_store_error(exc, "read") from exc
 
     async def read_after(self, repository_id: str, after_sequence: int, limit: int = 100) -> list[WebhookEvent]:
         committed = self.committed.latest(repository_id)
