@@ -61,7 +61,7 @@ class ServerMetrics:
         webhooks = Counter(
             "gitstafette_webhooks_received",
             "Webhooks received, by repository, event and outcome (stored, duplicate, rejected-signature, "
-            "rejected-unwatched, rejected-invalid, too-large, timeout, unavailable)",
+            "rejected-unwatched, rejected-invalid, too-large, timeout, unavailable, store-failed)",
             ["repository", "event", "outcome"],
             registry=registry,
         )

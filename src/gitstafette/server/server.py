@@ -36,7 +36,7 @@ from gitstafette._ready_file import ReadyFile
 from gitstafette._signals import handling_signals
 from gitstafette.config import ServerConfig
 from gitstafette.constants import SERVER_SERVICE_NAME
-from gitstafette.exceptions import ConfigError, StoreError
+from gitstafette.exceptions import ConfigError, StoreError, StoreUnavailable
 from gitstafette.loops import raise_gc_threshold, running_loop_name
 from gitstafette.secret_files import load_webhook_secrets
 from gitstafette.server.audit import AuditLog
@@ -371,8 +371,11 @@ class Server:
             await asyncio.sleep(min(PRUNE_INTERVAL_S, max(1.0, self.config.retention_s / 10)))
             try:
                 pruned = await self.store.prune(time.time_ns(), self.config.retention_s, self.config.max_event_age_s)
-            except StoreError as exc:
+            except StoreUnavailable as exc:
                 logger.warning("pruning failed: %s", exc)
+                continue
+            except StoreError as exc:
+                logger.error("pruning failed: %s", exc, exc_info=exc)
                 continue
             if pruned:
                 logger.info("pruned %d events past retention", pruned)
