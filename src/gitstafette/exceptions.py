@@ -3,13 +3,28 @@
 GitstafetteError
 ├── ConfigError            bad flag, environment variable or URL
 ├── WebhookRejected        a webhook request that must be refused (carries the HTTP status)
-└── StoreError             the store failed
-    └── StoreUnavailable   the store cannot be reached right now (retry later)
+├── AuthError              a gRPC call refused: no or an unknown token, a repository outside its grant
+│                          (carries the gRPC status)
+└── StoreError             the store failed, and trying again will not help: refused credentials or
+    │                      permissions, data of the wrong type, a script error, a corrupt file, a schema
+    │                      or constraint violation. A webhook is answered 500, a stream ends with INTERNAL,
+    │                      and it is logged as an error (a Sentry event).
+    └── StoreUnavailable   the store cannot serve right now (unreachable, timed out, loading, read-only
+                           during a failover; SQLite locked, busy, an I/O error, the disk full): a webhook
+                           is answered 503 so that its sender redelivers, a stream waits for the store.
+
+The backends raise these only (``store/redis/connection.py::RedisConnections.mapped``,
+``store/sqlite/errors.py::as_store_error``); the server tells the two store errors apart, never a library's own.
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "GitstafetteError", "StoreError", "StoreUnavailable", "WebhookRejected"]
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import grpc
+
+__all__ = ["AuthError", "ConfigError", "GitstafetteError", "StoreError", "StoreUnavailable", "WebhookRejected"]
 
 
 class GitstafetteError(Exception):
@@ -32,9 +47,21 @@ class WebhookRejected(GitstafetteError):
         return f"WebhookRejected(status_code={self.status_code!r}, detail={self.detail!r})"
 
 
+class AuthError(GitstafetteError):
+    """A call is refused: the gRPC status and a message for the caller (never containing a token)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"AuthError(code={self.code!r}, message={self.message!r})"
+
+
 class StoreError(GitstafetteError):
-    """The event store failed."""
+    """The event store failed, and the same operation is expected to fail again: an operator must look."""
 
 
 class StoreUnavailable(StoreError):
-    """The event store cannot be reached; the operation may succeed later."""
+    """The event store cannot serve right now; the operation may succeed later (retry, redeliver)."""

@@ -37,7 +37,7 @@ async def test_a_lane_that_fails_ends_its_stream_with_an_error(tmp_path: Path) -
         async def broken(*args: Any, **kwargs: Any) -> list[WebhookEvent]:
             raise ValueError("a row that cannot be decoded")  # not the store being away: a fault of the lane
 
-        server.store.read_streamable_after = broken  # type: ignore[method-assign]
+        server.store.inner.read_streamable_after = broken  # type: ignore[method-assign]
         async with AckStream(f"127.0.0.1:{server.grpc_port}", "ci", [REPO]) as stream:
             with pytest.raises(grpc.aio.AioRpcError) as error:
                 await stream.next_event(timeout=10)
@@ -58,8 +58,8 @@ async def test_a_store_that_does_not_answer_at_setup_refuses_the_stream_as_unava
             raise StoreUnavailable("SQLite read failed: disk I/O error")
 
         # An owner/name is looked up in the store; the original stream also reads the client's cursor.
-        server.store.repositories = away  # type: ignore[method-assign]
-        server.store.get_cursor = away  # type: ignore[method-assign]
+        server.store.inner.repositories = away  # type: ignore[method-assign]
+        server.store.inner.get_cursor = away  # type: ignore[method-assign]
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}", options=OPTIONS) as channel:
             stub = pb_grpc.GitstafetteStub(channel)
             if kind == "original":

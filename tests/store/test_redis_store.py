@@ -74,7 +74,7 @@ async def test_a_replica_wakes_within_milliseconds_for_an_append_on_another(
 
 async def test_a_new_repository_on_another_replica_wakes_wait_any(replicas: tuple[EventStore, EventStore]) -> None:
     a, b = replicas
-    waiter = asyncio.create_task(b.notifier.wait_any(timeout=5))
+    waiter = asyncio.create_task(b.wait_any(timeout=5))
     await asyncio.sleep(0.05)
     await a.append(event("b1", REPO_B))
     assert await waiter is True

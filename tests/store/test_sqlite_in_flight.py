@@ -96,7 +96,7 @@ async def test_an_event_is_streamable_before_its_commit_and_readable_after(store
     assert [(e.sequence, e.delivery_id) for e in streamed] == [(1, "d-1")]
     # Everything else sees committed events only: the original FetchWebhookEvents, the REST API.
     assert await store.read_after(REPO_A, 0) == []
-    assert store.notifier.latest(REPO_A) == 0
+    assert store.committed.latest(REPO_A) == 0
     assert not appending.done(), "append (and so the 201) must wait for the commit"
 
     gate.opened.set()

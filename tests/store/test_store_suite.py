@@ -424,6 +424,42 @@ async def test_wait_for_events_is_not_satisfied_by_an_earlier_sequence(store: Ev
     assert waiter.done() and waiter.result() is True
 
 
+async def test_wait_any_wakes_on_an_event_of_any_repository_or_one_since_the_mark(store: EventStore) -> None:
+    assert await store.wait_any(timeout=0.05) is False
+    mark = store.changes()
+    await store.append(event("d1", REPO_B))
+    # Stored after the mark was taken: the wait that follows returns at once.
+    assert await store.wait_any(timeout=None, since=mark) is True
+    waiter = asyncio.create_task(store.wait_any(timeout=None, since=store.changes()))
+    await settle(waiter)
+    assert not waiter.done()
+    await store.append(event("d2"))
+    await settle(waiter)
+    assert waiter.done() and waiter.result() is True
+
+
+async def test_stop_waiters_wakes_every_waiter_for_good(store: EventStore) -> None:
+    waiters = [
+        asyncio.create_task(store.wait_for_events(REPO_A, 0, timeout=None)),
+        asyncio.create_task(store.wait_for_streamable(REPO_A, 0, timeout=None)),
+        asyncio.create_task(store.wait_any(timeout=None)),
+    ]
+    await settle(waiters[0])
+    assert not store.closed and not any(w.done() for w in waiters)
+    store.stop_waiters()
+    for waiter in waiters:
+        await settle(waiter)
+        assert waiter.done() and waiter.result() is False
+    assert store.closed
+    assert await store.wait_any(timeout=None) is False
+    # Still usable for the last writes before aclose().
+    await store.set_cursor("ci", REPO_A, 0)
+
+
+async def test_each_backend_names_its_kind(backend: Backend) -> None:
+    assert backend.new().kind == backend.name.split("-")[0]
+
+
 async def test_replays_are_kept_per_client_until_settled(store: EventStore) -> None:
     for name in ("d1", "d2", "d3"):
         await store.append(event(name))

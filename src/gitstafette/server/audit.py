@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 
-from gitstafette.exceptions import StoreError
+from gitstafette.exceptions import StoreError, StoreUnavailable
 from gitstafette.model import AuditAction, AuditRecord
 from gitstafette.server.metrics import ServerMetrics
 from gitstafette.store import EventStore
@@ -64,8 +64,10 @@ class AuditLog:
                 return
             try:
                 await self.store.add_audit(batch)
+            except StoreUnavailable as exc:
+                logger.warning("lost %d audit records: the store is unavailable: %s", len(batch), exc)
             except StoreError as exc:
-                logger.warning("lost %d audit records: the store refused them: %s", len(batch), exc)
+                logger.error("lost %d audit records: the store failed: %s", len(batch), exc, exc_info=exc)
 
     def __repr__(self) -> str:
         return f"AuditLog(pending={len(self._pending)})"

@@ -44,7 +44,7 @@ import grpc
 
 from gitstafette.config import ServerConfig, Watchlist
 from gitstafette.constants import METADATA_AUTHORIZATION
-from gitstafette.exceptions import ConfigError
+from gitstafette.exceptions import AuthError, ConfigError
 from gitstafette.secret_files import read_mapping_file, read_secret_file
 
 __all__ = [
@@ -104,15 +104,6 @@ class Grant:
 
 #: The grant of every call on a server without client tokens.
 OPEN = Grant("", Watchlist(everything=True), source="no client tokens configured")
-
-
-class AuthError(Exception):
-    """A call is refused: the gRPC status and a message for the caller (never containing a token)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def _repositories(entry: dict[str, Any], where: str) -> Watchlist:

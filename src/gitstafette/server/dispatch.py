@@ -26,7 +26,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from gitstafette.exceptions import StoreError
+from gitstafette.exceptions import StoreError, StoreUnavailable
 from gitstafette.model import DeadLetter, WebhookEvent
 from gitstafette.store import EventStore, Lease
 
@@ -108,9 +108,9 @@ class Lane:
         self.task.add_done_callback(self._ended)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
-        """A lane that fails (not a store that is away: that it waits out) ends its stream with an error the
-        client sees, which then connects again; never a stream left open, heartbeats flowing, that nothing
-        serves any more."""
+        """A lane that fails (a bug, or a ``StoreError``; not a store that is away: that it waits out) ends its
+        stream with an error the client sees, which then connects again; never a stream left open, heartbeats
+        flowing, that nothing serves any more."""
         if task.cancelled() or task.exception() is None:
             return
         logger.error(
@@ -127,7 +127,7 @@ class Lane:
         store = self.group.dispatcher.store
         holder = f"connection {self.connection.id} lane {next(_lane_ids)}"
         lease = store.lease(self.group.client_id, self.repository_id, holder)
-        while not store.notifier.closed:
+        while not store.closed:
             tasks: list[asyncio.Task[Any]] = []
             try:
                 await self._acquire(lease)
@@ -200,7 +200,7 @@ class Lane:
         #: the last sequence sent; None until the lane has its start (the store may be away at first too)
         after: int | None = None
         delay_s, failing = STORE_RETRY_MIN_S, False
-        while not store.notifier.closed:
+        while not store.closed:
             try:
                 if after is None:
                     # The store's cursor may be ahead (another replica served the repository meanwhile),
@@ -238,8 +238,9 @@ class Lane:
                     self.inflight_bytes += len(event.body)
                     self.connection.send(event, group.redelivery(event))
                     after = event.sequence
-            except StoreError as exc:
-                # The stream stays open: what it waits for is stored once the store is back.
+            except StoreUnavailable as exc:
+                # The stream stays open: what it waits for is stored once the store is back. (A StoreError will
+                # not pass by waiting: it ends the lane, and _ended the stream, with an error.)
                 if not failing:
                     logger.warning(
                         "client %s: cannot read repository %s (%s); retrying", group.client_id, repository_id, exc

@@ -19,7 +19,7 @@ from gitstafette._proto import gitstafette_info_pb2_grpc as info_grpc
 from gitstafette._proto import gitstafette_pb2 as pb
 from gitstafette._proto import gitstafette_pb2_grpc as pb_grpc
 from gitstafette.config import ServerConfig
-from gitstafette.exceptions import StoreError
+from gitstafette.exceptions import StoreError, StoreUnavailable
 from gitstafette.github.webhook import repository_in_body
 from gitstafette.model import WebhookEvent, event_from_pb
 from gitstafette.server.audit import AuditLog
@@ -120,10 +120,20 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
                 waiter.cancel()
 
     async def _store_unavailable(self, context: grpc.aio.ServicerContext, client_id: str, exc: StoreError) -> NoReturn:
-        """End a stream that cannot be set up because the store does not answer: UNAVAILABLE, which clients
-        retry, instead of a stream that stays open without being subscribed."""
-        logger.warning("client %s: stream refused, the store does not answer: %s", client_id, exc)
-        await context.abort(grpc.StatusCode.UNAVAILABLE, f"the server's store does not answer ({exc}); try again")
+        """End a stream that cannot be set up because of the store, instead of a stream that stays open without
+        being subscribed: UNAVAILABLE, which clients retry, while the store does not answer; INTERNAL, logged as
+        an error, when it failed in a way that trying again will not mend."""
+        if isinstance(exc, StoreUnavailable):
+            logger.warning("client %s: stream refused, the store does not answer: %s", client_id, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the server's store does not answer ({exc}); try again")
+        await self._store_failed(context, client_id, exc)
+        raise AssertionError("abort returned")  # pragma: no cover
+
+    async def _store_failed(self, context: grpc.aio.ServicerContext, client_id: str, exc: StoreError) -> NoReturn:
+        """End a stream whose store failed in a way that trying again will not mend: INTERNAL, and an error for
+        the operator (a Sentry event, with the traceback)."""
+        logger.error("client %s: stream ended, the store failed: %s", client_id, exc, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, "the server's store failed; see the server's log")
         raise AssertionError("abort returned")  # pragma: no cover
 
     async def _repository(self, spec: str, context: grpc.aio.ServicerContext) -> str:
@@ -176,9 +186,14 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
         deadline = time.monotonic() + request.duration_secs if request.duration_secs else None
         logger.info("FetchWebhookEvents: client %s, repository %s, after %d", client_id, repository_id, after)
         with self.auth.session(grant, [allowed]) as session:
-            async with contextlib.aclosing(self._fetch(session, client_id, repository_id, after, deadline)) as fetch:
-                async for response in fetch:
-                    yield response
+            try:
+                async with contextlib.aclosing(
+                    self._fetch(session, client_id, repository_id, after, deadline)
+                ) as fetch:
+                    async for response in fetch:
+                        yield response
+            except StoreError as exc:  # not StoreUnavailable: that, the stream waits out
+                await self._store_failed(context, client_id, exc)
             if session.ended is not None:
                 await context.abort(*session.ended)
 
@@ -189,7 +204,7 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
         #: a cursor sent past but not yet recorded (the store was away when it was to be written)
         unsaved: int | None = None
         delay_s, failing = STORE_RETRY_MIN_S, False
-        while not self.store.notifier.closed and session.ended is None:
+        while not self.store.closed and session.ended is None:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 break
@@ -201,8 +216,9 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
                 events = _fit_one_message(
                     await self.store.read_after(repository_id, after, limit=100), self.config.max_body_bytes
                 )
-            except StoreError as exc:
+            except StoreUnavailable as exc:
                 # The stream stays open, with heartbeats: what it waits for is stored once the store is back.
+                # (A StoreError will not pass by waiting: it ends the stream, see FetchWebhookEvents.)
                 if not failing:
                     logger.warning(
                         "FetchWebhookEvents: client %s cannot read repository %s (%s); retrying",
@@ -418,17 +434,16 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
     async def _resolve_later(self, names: list[str], connection: Connection) -> None:
         """Add owner/name subscriptions to the connection as their first events arrive."""
         logger.info("client %s: waiting for a first event of %s", connection.client_id, ", ".join(names))
-        notifier = self.store.notifier
-        while names and not notifier.closed:
+        while names and not self.store.closed:
             # Marked before the lookups: a first event stored while they run wakes the next wait at once.
-            mark = notifier.changes()
+            mark = self.store.changes()
             found = {name: await self.store.resolve_repository(name) for name in names}
             names = [name for name, repository_id in found.items() if repository_id is None]
             ids = [repository_id for repository_id in found.values() if repository_id is not None]
             if ids:
                 self.dispatcher.extend(connection, ids)
             if names:
-                await notifier.wait_any(timeout=None, since=mark)
+                await self.store.wait_any(timeout=None, since=mark)
 
     async def _read_settlements(
         self, request_iterator: AsyncIterator[pb.StreamRequest], connection: Connection

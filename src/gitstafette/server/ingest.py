@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from gitstafette.config import ServerConfig
 from gitstafette.constants import HEADER_SIGNATURE_256
-from gitstafette.exceptions import StoreError, WebhookRejected
+from gitstafette.exceptions import StoreError, StoreUnavailable, WebhookRejected
 from gitstafette.github.signature import WebhookSecrets
 from gitstafette.github.webhook import webhook_payload
 from gitstafette.logs import bind_event
@@ -28,7 +28,7 @@ class Outcome:
     status_code: int
     detail: str
     #: for the metrics label: stored, duplicate, rejected-unwatched, rejected-invalid, rejected-signature,
-    #: too-large, timeout, unavailable
+    #: too-large, timeout, unavailable (the store, 503), store-failed (500)
     outcome: str
     event: WebhookEvent | None = None
 
@@ -56,8 +56,6 @@ class Ingest:
         self.store = store
         self.secrets = secrets or WebhookSecrets(config.webhook_secret)
         self.metrics = metrics
-        #: the store's kind, for the store span: memory, sqlite or redis
-        self.store_system = store.url.split(":", 1)[0] or type(store).__name__
 
     def count(self, outcome: Outcome, repository_id: str, event_type: str) -> Outcome:
         self.metrics.webhooks(repository_id, event_type, outcome.outcome).inc()
@@ -92,7 +90,7 @@ class Ingest:
     async def _append(self, event: WebhookEvent) -> AppendResult:
         if tracing.tracer is None:
             return await self.store.append(event)
-        with tracing.tracer.start_as_current_span("store append", attributes={"db.system": self.store_system}):
+        with tracing.tracer.start_as_current_span("store append", attributes={"db.system": self.store.kind}):
             return await self.store.append(event)
 
     async def _store_event(self, event: WebhookEvent, body_checked: bool) -> Outcome:
@@ -115,9 +113,12 @@ class Ingest:
                 return Outcome(exc.status_code, exc.detail, "rejected-invalid")
         try:
             result = await self._append(event)
-        except StoreError as exc:
+        except StoreUnavailable as exc:  # may pass: the sender is to redeliver
             logger.error("cannot store delivery %s: %s", event.delivery_id, exc)
             return Outcome(503, "the event store is unavailable; redeliver later", "unavailable")
+        except StoreError as exc:  # will not pass by itself: an operator must look (the traceback goes along)
+            logger.error("cannot store delivery %s, the store failed: %s", event.delivery_id, exc, exc_info=exc)
+            return Outcome(500, "the event store failed; the event is not stored", "store-failed")
         stored = result.event
         if not result.created:
             logger.info(

@@ -8,34 +8,44 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from contextvars import ContextVar
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gitstafette.exceptions import StoreError
-from gitstafette.model import AuditAction
-from gitstafette.store import EventStore
+from gitstafette.model import AuditAction, AuditRecord, DeadLetter, RepositoryState, WebhookEvent
+from gitstafette.store import AppendResult, EventStore, Lease
 from gitstafette.telemetry.labels import LabelChildren
 
-__all__ = ["Backlog", "ServerMetrics", "STORE_OPERATIONS"]
+__all__ = ["Backlog", "ServerMetrics", "STORE_OPERATIONS", "TimedStore"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Counters without the extra *_created series: half the lines, nothing a dashboard uses.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-#: store operations whose latency is measured: the ones on the way of every event
-STORE_OPERATIONS = ("append", "read_after", "set_cursor", "set_cursors", "add_audit", "add_dead_letter")
+#: store operations whose latency is measured (:class:`TimedStore`): the ones on the way of every event
+STORE_OPERATIONS = (
+    "append",
+    "read_after",
+    "read_streamable_after",
+    "set_cursor",
+    "set_cursors",
+    "add_audit",
+    "add_dead_letter",
+)
 _STORE_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5, 10)
 
 
 class ServerMetrics:
     """Every series of the server. Label children are bound once (:class:`LabelChildren`).
 
+    :param store: the backend; the server uses :attr:`store`, which times it.
     :param streams: the number of open acknowledged streams.
     :param live_cursors: (client id, repository) → cursor of the streams open here (see :class:`Backlog`).
     """
@@ -51,7 +61,7 @@ class ServerMetrics:
         webhooks = Counter(
             "gitstafette_webhooks_received",
             "Webhooks received, by repository, event and outcome (stored, duplicate, rejected-signature, "
-            "rejected-unwatched, rejected-invalid, too-large, timeout, unavailable)",
+            "rejected-unwatched, rejected-invalid, too-large, timeout, unavailable, store-failed)",
             ["repository", "event", "outcome"],
             registry=registry,
         )
@@ -88,38 +98,138 @@ class ServerMetrics:
             registry=registry,
         )
         Gauge("gitstafette_streams_connected", "Open acknowledged streams", registry=registry).set_function(streams)
-        self.backlog = Backlog(store, registry, live_cursors)
+        #: ``store`` with its :data:`STORE_OPERATIONS` timed: the store the server's components use
+        self.store = TimedStore(store, self.store_seconds)
+        self.backlog = Backlog(self.store, registry, live_cursors)
 
     def count_audit(self, client_id: str, repository_id: str, action: AuditAction) -> None:
         """An event sent to, acknowledged by, or failed by a client (the audit trail's records)."""
         self.by_action[action](repository_id, client_id).inc()
 
-    def time_store(self, store: EventStore) -> None:
-        """Measure the latency of ``store``'s :data:`STORE_OPERATIONS` (wraps those methods of the instance)."""
-        for name in STORE_OPERATIONS:
-            setattr(store, name, _timed(getattr(store, name), self.store_seconds.labels(name)))
 
+class TimedStore(EventStore):
+    """``inner`` with the latency of its :data:`STORE_OPERATIONS` in ``seconds`` (labelled by operation).
 
-#: set while a timed store operation runs: one it calls (``set_cursor`` → ``set_cursors``) is not counted again
-_in_store_operation: ContextVar[bool] = ContextVar("gitstafette_in_store_operation", default=False)
+    Every operation is handed to ``inner``, looked up there at each call (so a test that replaces a method of
+    the backend after startup is still called). What a backend does through another of its operations
+    (SQLite's ``set_cursor`` through ``set_cursors``) stays inside it: each call counts once, under the name
+    it was called by.
+    """
 
+    def __init__(self, inner: EventStore, seconds: Histogram) -> None:
+        # No super().__init__(): the notifiers are the backend's own, and only it may touch them.
+        self.inner = inner
+        self.url = inner.url
+        self.kind = inner.kind
+        self._seconds = {name: seconds.labels(name) for name in STORE_OPERATIONS}
 
-def _timed(method: Callable[..., Awaitable[Any]], histogram: Histogram) -> Callable[..., Awaitable[Any]]:
-    observe = histogram.observe
-    clock = time.perf_counter
-
-    async def timed(*args: Any, **kwargs: Any) -> Any:
-        if _in_store_operation.get():
-            return await method(*args, **kwargs)
-        token = _in_store_operation.set(True)
-        started = clock()
+    async def _timed(self, operation: str, call: Awaitable[T]) -> T:
+        started = time.perf_counter()
         try:
-            return await method(*args, **kwargs)
+            return await call
         finally:
-            observe(clock() - started)
-            _in_store_operation.reset(token)
+            self._seconds[operation].observe(time.perf_counter() - started)
 
-    return timed
+    # ---- timed -------------------------------------------------------------------------------------
+
+    async def append(self, event: WebhookEvent) -> AppendResult:
+        return await self._timed("append", self.inner.append(event))
+
+    async def read_after(self, repository_id: str, after_sequence: int, limit: int = 100) -> list[WebhookEvent]:
+        return await self._timed("read_after", self.inner.read_after(repository_id, after_sequence, limit))
+
+    async def read_streamable_after(
+        self, repository_id: str, after_sequence: int, limit: int = 100
+    ) -> list[WebhookEvent]:
+        call = self.inner.read_streamable_after(repository_id, after_sequence, limit)
+        return await self._timed("read_streamable_after", call)
+
+    async def set_cursor(self, client_id: str, repository_id: str, sequence: int) -> None:
+        await self._timed("set_cursor", self.inner.set_cursor(client_id, repository_id, sequence))
+
+    async def set_cursors(self, cursors: Mapping[tuple[str, str], int]) -> None:
+        await self._timed("set_cursors", self.inner.set_cursors(cursors))
+
+    async def add_audit(self, records: Sequence[AuditRecord]) -> None:
+        await self._timed("add_audit", self.inner.add_audit(records))
+
+    async def add_dead_letter(self, letter: DeadLetter) -> None:
+        await self._timed("add_dead_letter", self.inner.add_dead_letter(letter))
+
+    # ---- handed over as they are -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def get_cursor(self, client_id: str, repository_id: str) -> int | None:
+        return await self.inner.get_cursor(client_id, repository_id)
+
+    async def start_cursor(self, client_id: str, repository_id: str) -> int:
+        return await self.inner.start_cursor(client_id, repository_id)
+
+    async def dead_letters(self, repository_id: str | None = None) -> list[DeadLetter]:
+        return await self.inner.dead_letters(repository_id)
+
+    async def add_replays(self, client_id: str, repository_id: str, sequences: list[int]) -> None:
+        await self.inner.add_replays(client_id, repository_id, sequences)
+
+    async def replays(self, client_id: str, repository_id: str) -> list[int]:
+        return await self.inner.replays(client_id, repository_id)
+
+    async def settle_replay(self, client_id: str, repository_id: str, sequence: int, delivered: bool) -> None:
+        await self.inner.settle_replay(client_id, repository_id, sequence, delivered)
+
+    async def audit(self, repository_id: str) -> list[AuditRecord]:
+        return await self.inner.audit(repository_id)
+
+    async def repositories(self) -> list[RepositoryState]:
+        return await self.inner.repositories()
+
+    async def repository(self, repository_id: str) -> RepositoryState | None:
+        return await self.inner.repository(repository_id)
+
+    async def event_at(self, repository_id: str, sequence: int) -> WebhookEvent | None:
+        return await self.inner.event_at(repository_id, sequence)
+
+    async def resolve_repository(self, spec: str) -> str | None:
+        return await self.inner.resolve_repository(spec)
+
+    async def prune(self, now_ns: int, retention_s: float, max_age_s: float) -> int:
+        return await self.inner.prune(now_ns, retention_s, max_age_s)
+
+    def on_replays(self, listener: Callable[[str, str], None]) -> None:
+        self.inner.on_replays(listener)
+
+    def lease(self, client_id: str, repository_id: str, holder: str) -> Lease:
+        return self.inner.lease(client_id, repository_id, holder)
+
+    @property
+    def closed(self) -> bool:
+        return self.inner.closed
+
+    def stop_waiters(self) -> None:
+        self.inner.stop_waiters()
+
+    def changes(self) -> int:
+        return self.inner.changes()
+
+    async def wait_any(self, timeout: float | None, since: int | None = None) -> bool:
+        return await self.inner.wait_any(timeout, since)
+
+    async def wait_for_events(self, repository_id: str, after_sequence: int, timeout: float | None) -> bool:
+        return await self.inner.wait_for_events(repository_id, after_sequence, timeout)
+
+    async def wait_for_streamable(self, repository_id: str, after_sequence: int, timeout: float | None) -> bool:
+        return await self.inner.wait_for_streamable(repository_id, after_sequence, timeout)
+
+    def __repr__(self) -> str:
+        return f"TimedStore({self.inner!r})"
 
 
 class Backlog(Collector):

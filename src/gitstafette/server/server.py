@@ -36,7 +36,7 @@ from gitstafette._ready_file import ReadyFile
 from gitstafette._signals import handling_signals
 from gitstafette.config import ServerConfig
 from gitstafette.constants import SERVER_SERVICE_NAME
-from gitstafette.exceptions import ConfigError, StoreError
+from gitstafette.exceptions import ConfigError, StoreError, StoreUnavailable
 from gitstafette.loops import raise_gc_threshold, running_loop_name
 from gitstafette.secret_files import load_webhook_secrets
 from gitstafette.server.audit import AuditLog
@@ -45,7 +45,7 @@ from gitstafette.server.dispatch import Dispatcher
 from gitstafette.server.grpc_service import GitstafetteService, InfoService
 from gitstafette.server.http_app import create_app
 from gitstafette.server.ingest import Ingest
-from gitstafette.server.metrics import ServerMetrics
+from gitstafette.server.metrics import ServerMetrics, TimedStore
 from gitstafette.store import EventStore, create_store
 from gitstafette.telemetry.process import Telemetry
 from gitstafette.telemetry.sentry import start_sentry, stop_sentry
@@ -148,10 +148,15 @@ class Server:
         # The files of secrets first: one that cannot be used stops the server before it opens anything.
         self.auth = Authenticator(config)
         secrets = load_webhook_secrets(config.webhook_secret, config.webhook_secrets_file)
-        self.store = store or create_store(config.store)
+        # The gauges ask the dispatcher, made below: it needs the store the metrics time.
+        self.metrics = ServerMetrics(
+            store or create_store(config.store),
+            lambda: self.dispatcher.connection_count(),
+            lambda: self.dispatcher.cursors(),
+        )
+        #: the store every component uses: the backend (``store.inner``) with its operations timed
+        self.store: TimedStore = self.metrics.store
         self.dispatcher = Dispatcher(self.store)
-        self.metrics = ServerMetrics(self.store, self.dispatcher.connection_count, self.dispatcher.cursors)
-        self.metrics.time_store(self.store)
         self.ingest = Ingest(config, self.store, self.metrics, secrets)
         self.audit = AuditLog(self.store, self.metrics)
         self.telemetry = Telemetry(config.otel, self.metrics.registry, self.metrics.backlog.refresh)
@@ -366,8 +371,11 @@ class Server:
             await asyncio.sleep(min(PRUNE_INTERVAL_S, max(1.0, self.config.retention_s / 10)))
             try:
                 pruned = await self.store.prune(time.time_ns(), self.config.retention_s, self.config.max_event_age_s)
-            except StoreError as exc:
+            except StoreUnavailable as exc:
                 logger.warning("pruning failed: %s", exc)
+                continue
+            except StoreError as exc:
+                logger.error("pruning failed: %s", exc, exc_info=exc)
                 continue
             if pruned:
                 logger.info("pruned %d events past retention", pruned)
@@ -393,8 +401,7 @@ class Server:
         # 2. Streams end cleanly: the acknowledged ones get end-of-stream, legacy ones wake and return.
         await self._set_health(False)
         self.dispatcher.close()
-        self.store.notifier.close()
-        self.store.streamable.close()
+        self.store.stop_waiters()
         if self._grpc is not None:
             await steps.step(
                 "gRPC stop",

@@ -134,16 +134,20 @@ class EventStore(ABC):
     """
 
     url: str = ""
+    #: the backend's name (``memory``, ``sqlite``, ``redis``): for spans (``db.system``) and logs
+    kind: str = ""
 
     def __init__(self) -> None:
-        #: advances when an event is committed
-        self.notifier = SequenceNotifier()
-        #: advances when an event may be streamed on the acknowledged stream: the same as ``notifier``, but
-        #: in a backend that streams an event while its commit is in flight (see ``read_streamable_after``)
-        self.streamable = self.notifier
+        #: store-internal: the latest *committed* sequence of each repository, and its waiters
+        #: (``wait_for_events``, ``wait_any``, ``start_cursor``); a backend advances it once an event is durable
+        self.committed = SequenceNotifier()
+        #: store-internal: the latest sequence the acknowledged stream may send (``wait_for_streamable``). The
+        #: same notifier as ``committed``, except in a backend that streams an event while its commit is still
+        #: in flight (SQLite): there it advances first, and ``committed`` catches up once the commit is done
+        self.streamable = self.committed
 
     async def open(self) -> None:  # noqa: B027 (optional: a store with nothing to open keeps this)
-        """Connect, create the schema if needed and load what the notifier must know."""
+        """Connect, create the schema if needed and load what the notifiers must know."""
 
     @abstractmethod
     async def aclose(self) -> None:
@@ -239,11 +243,11 @@ class EventStore(ABC):
     async def start_cursor(self, client_id: str, repository_id: str) -> int:
         """Where a client id resumes: after its cursor, or before the oldest retained event when new.
 
-        A new client id of a repository with no retained events starts after the sequence the notifier had
+        A new client id of a repository with no retained events starts after the sequence ``committed`` had
         *before* the store was read: an event committed while the reads are under way is then after the
         start, and read. (Taken after the reads, it could be that event's own sequence: never sent.)
         """
-        latest = self.notifier.latest(repository_id)
+        latest = self.committed.latest(repository_id)
         cursor = await self.get_cursor(client_id, repository_id)
         if cursor is not None:
             return cursor
@@ -259,9 +263,32 @@ class EventStore(ABC):
         """The lease a lane holds while it serves ``repository_id`` to ``client_id`` (see :class:`Lease`)."""
         return Lease(client_id, repository_id, holder)
 
+    # ---- waiting for events: what the server needs of the notifiers -----------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`stop_waiters` ran: the loops that wait on this store end."""
+        return self.committed.closed or self.streamable.closed
+
+    def stop_waiters(self) -> None:
+        """Wake every waiter (``wait_for_events``, ``wait_for_streamable``, ``wait_any``) for good: the server is
+        shutting down. The store stays usable for the last writes until :meth:`aclose`."""
+        self.committed.close()
+        self.streamable.close()
+
+    def changes(self) -> int:
+        """A mark of the committed events so far, for :meth:`wait_any`: taken *before* reading the store, so that
+        an event committed while the read is under way wakes the wait that follows it instead of being missed."""
+        return self.committed.changes()
+
+    async def wait_any(self, timeout: float | None, since: int | None = None) -> bool:
+        """Wait until any repository gets a committed event (at once if one came after the mark ``since`` of
+        :meth:`changes`); False on timeout or once the waiters are stopped."""
+        return await self.committed.wait_any(timeout, since)
+
     async def wait_for_events(self, repository_id: str, after_sequence: int, timeout: float | None) -> bool:
-        """Wait until the repository has an event after ``after_sequence``; False on timeout."""
-        return await self.notifier.wait_beyond(repository_id, after_sequence, timeout)
+        """Wait until the repository has a committed event after ``after_sequence``; False on timeout."""
+        return await self.committed.wait_beyond(repository_id, after_sequence, timeout)
 
     async def read_streamable_after(
         self, repository_id: str, after_sequence: int, limit: int = 100

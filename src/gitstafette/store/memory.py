@@ -22,6 +22,7 @@ class _Repository:
 
 class MemoryStore(EventStore):
     url = "memory://"
+    kind = "memory"
 
     def __init__(self) -> None:
         super().__init__()
@@ -44,7 +45,7 @@ class MemoryStore(EventStore):
         repo.by_delivery[event.delivery_id] = stored.sequence
         if event.repository_name:
             repo.name = event.repository_name
-        self.notifier.advance(event.repository_id, stored.sequence)
+        self.committed.advance(event.repository_id, stored.sequence)
         return AppendResult(stored, created=True)
 
     async def read_after(self, repository_id: str, after_sequence: int, limit: int = 100) -> list[WebhookEvent]:

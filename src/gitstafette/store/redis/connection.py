@@ -11,7 +11,16 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import AuthenticationError, BusyLoadingError, ReadOnlyError, RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    BusyLoadingError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -121,13 +130,17 @@ class RedisConnections:
 
     @contextlib.contextmanager
     def mapped(self, action: str) -> Iterator[None]:
-        """Redis's errors as the store's: StoreUnavailable when Redis cannot serve now, else StoreError."""
+        """Redis's errors as the store's: StoreUnavailable when Redis cannot serve now (unreachable, timed out,
+        loading, read-only or without a master during a failover, out of memory until pruning or an operator
+        makes room), else StoreError (credentials or ACL refused, a key of the wrong type, a script's error)."""
         try:
             yield
-        except AuthenticationError as exc:  # a ConnectionError, but trying again will not help
+        except (AuthenticationError, AuthorizationError) as exc:  # ConnectionErrors, but trying again will not help
             raise StoreError(f"Redis {self.url} refused the credentials ({action}): {exc}") from exc
         except (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ReadOnlyError, OSError) as exc:
             raise StoreUnavailable(f"Redis {self.url} is unreachable ({action}): {exc}") from exc
+        except (OutOfMemoryError, TryAgainError, MasterDownError) as exc:
+            raise StoreUnavailable(f"Redis {self.url} cannot serve now ({action}): {exc}") from exc
         except RedisError as exc:
             raise StoreError(f"Redis {self.url} failed ({action}): {exc}") from exc
 

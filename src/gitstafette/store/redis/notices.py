@@ -26,7 +26,7 @@ class NoticesFollower:
     """Feeds the notices of every replica (this one included) to this store instance.
 
     :param keys: the installation's key names (the notices streams and the counters).
-    :param notifier: the store's notifier, advanced to each append noticed.
+    :param notifier: the store's ``committed`` notifier, advanced to each append noticed (in Redis, committed).
     :param instance: this store instance's name: the replays it asked for itself are not noticed again.
     :param url: the Redis URL (password masked), for the log.
     :param lease_released: called with (client id, repository id) when any replica gave that lease up.

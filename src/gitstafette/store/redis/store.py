@@ -53,6 +53,8 @@ class RedisStore(EventStore):
     :param settings: the Redis server and the key prefix (``RedisSettings.from_url``).
     """
 
+    kind = "redis"
+
     def __init__(self, settings: RedisSettings) -> None:
         super().__init__()
         self.settings = settings
@@ -63,7 +65,7 @@ class RedisStore(EventStore):
         self._connections = RedisConnections(settings)
         self._scripts = Scripts()
         self._leases = Leases(self._connections, self.keys, self._scripts, settings.lease_ttl_ms)
-        self._notices = NoticesFollower(self.keys, self.notifier, self.instance, self.url, self._leases.released)
+        self._notices = NoticesFollower(self.keys, self.committed, self.instance, self.url, self._leases.released)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -152,7 +154,7 @@ class RedisStore(EventStore):
         stored = event.with_sequence(int(sequence))
         if created:
             # This process's readers need not wait for the notice to come back.
-            self.notifier.advance(rid, stored.sequence)
+            self.committed.advance(rid, stored.sequence)
         return AppendResult(stored, created=bool(created))
 
     async def read_after(self, repository_id: str, after_sequence: int, limit: int = 100) -> list[WebhookEvent]:
@@ -203,7 +205,7 @@ class RedisStore(EventStore):
                 await pipe.execute()
 
     async def start_cursor(self, client_id: str, repository_id: str) -> int:
-        # From Redis, not from the notifier: another replica's append may not have been noticed here yet.
+        # From Redis, not from ``committed``: another replica's append may not have been noticed here yet.
         cursor = await self.get_cursor(client_id, repository_id)
         if cursor is not None:
             return cursor

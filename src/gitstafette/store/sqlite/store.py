@@ -31,11 +31,12 @@ from dataclasses import astuple
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from gitstafette.exceptions import StoreError, StoreUnavailable
+from gitstafette.exceptions import StoreUnavailable
 from gitstafette.model import AuditRecord, DeadLetter, RepositoryState, WebhookEvent
 from gitstafette.store.base import AppendResult, EventStore, SequenceNotifier, prunable
 from gitstafette.store.sqlite import schema
 from gitstafette.store.sqlite.deliveries import StoredDeliveries
+from gitstafette.store.sqlite.errors import as_store_error
 from gitstafette.store.sqlite.writer import Checkpointer, GroupCommitWriter, Write
 
 __all__ = ["SQLiteStore"]
@@ -92,6 +93,8 @@ class _RecentEvents:
 
 
 class SQLiteStore(EventStore):
+    kind = "sqlite"
+
     def __init__(self, path: str, synchronous: Literal["full", "normal"] = "full") -> None:
         super().__init__()
         self.path = path
@@ -127,13 +130,15 @@ class SQLiteStore(EventStore):
         try:
             connection = schema.connect(self.path)
             connection.executescript(schema.SCHEMA)
+            rows = connection.execute("SELECT repository_id, last_sequence FROM repositories").fetchall()
+            self._deliveries = StoredDeliveries.read(connection)
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open SQLite store {self.path}: {exc}") from exc
-        rows = connection.execute("SELECT repository_id, last_sequence FROM repositories").fetchall()
+            # Locked or on a disk that fails: may pass (StoreUnavailable); not a database, corrupt: will not.
+            error = as_store_error(exc, f"opening {self.path}")
+            raise type(error)(f"cannot open SQLite store {self.path}: {exc}") from exc
         self._last_sequence = {repository_id: last for repository_id, last in rows}
-        self._deliveries = StoredDeliveries.read(connection)
         for repository_id, last in rows:
-            self.notifier.advance(repository_id, last)
+            self.committed.advance(repository_id, last)
             self.streamable.advance(repository_id, last)
         # Checkpoints run in their own thread (below), so no webhook's commit waits for one.
         connection.execute("PRAGMA wal_autocheckpoint=0")
@@ -217,7 +222,7 @@ class SQLiteStore(EventStore):
                 (event.repository_id, event.delivery_id),
             ).fetchone()
         except sqlite3.Error as exc:
-            raise StoreError(f"SQLite lookup failed: {exc}") from exc
+            raise as_store_error(exc, "lookup") from exc
         return None if row is None else int(row[0])
 
     async def append(self, event: WebhookEvent) -> AppendResult:
@@ -237,7 +242,7 @@ class SQLiteStore(EventStore):
         def settled(committed: bool) -> None:  # in the event loop, before the appending task resumes
             del self._storing[key]
             if committed:
-                self.notifier.advance(stored.repository_id, stored.sequence)
+                self.committed.advance(stored.repository_id, stored.sequence)
             else:
                 self._recent.discard([stored])  # lost: the streams read the committed events instead
 
@@ -401,10 +406,10 @@ class SQLiteStore(EventStore):
         try:
             return await loop.run_in_executor(self._readers, lambda: function(self._reader()))
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
+            raise as_store_error(exc, "read") from exc
 
     async def read_after(self, repository_id: str, after_sequence: int, limit: int = 100) -> list[WebhookEvent]:
-        committed = self.notifier.latest(repository_id)
+        committed = self.committed.latest(repository_id)
         if committed <= after_sequence:
             return []
         recent = self._recent.after(repository_id, after_sequence, limit, up_to=committed)
@@ -429,7 +434,7 @@ class SQLiteStore(EventStore):
             return recent
         # Not held in memory (older events, or the gap a failed commit left): the committed ones, once the
         # commit in flight is done.
-        await self.notifier.wait_beyond(repository_id, after_sequence, None)
+        await self.committed.wait_beyond(repository_id, after_sequence, None)
         return await self.read_after(repository_id, after_sequence, limit)
 
     async def get_cursor(self, client_id: str, repository_id: str) -> int | None:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from gitstafette.exceptions import StoreError, StoreUnavailable
 from gitstafette.store.sqlite import schema
+from gitstafette.store.sqlite.errors import as_store_error
 
 __all__ = ["CHECKPOINT_INTERVAL_S", "MAX_GROUP", "Checkpointer", "GroupCommitWriter", "Write"]
 
@@ -171,7 +172,14 @@ class GroupCommitWriter:
             logger.error("SQLite commit of %d writes failed: %s", len(group), exc)
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
-            _settle_all(group, [None] * len(group), StoreError(f"SQLite write failed: {exc}"))
+            # A write function that is not SQLite's failure (a bug) is a fault too, never "try again".
+            error = (
+                as_store_error(exc, "write")
+                if isinstance(exc, sqlite3.Error)
+                else StoreError(f"SQLite write failed: {exc}")
+            )
+            error.__cause__ = exc  # as ``raise error from exc`` would: the log and Sentry show SQLite's error
+            _settle_all(group, [None] * len(group), error)
             return
         _settle_all(group, results, None)
 
