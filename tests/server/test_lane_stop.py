@@ -135,3 +135,35 @@ async def test_a_lane_gives_its_lease_up_only_once_its_acknowledgements_are_stor
     assert store.log == [{("ci", REPO_A): 1}, "lease released"]
     assert await store.get_cursor("ci", REPO_A) == 1
     await store.aclose()
+
+
+class _SwallowingStore(_RecordingStore):
+    """A store whose read, cancelled in flight, returns as if nothing was there: the cancellation is lost (as
+    a Redis read cancelled at the wrong moment was seen to do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate.set()
+        self.reading = asyncio.Event()
+        self.swallowed = 0
+
+    async def read_streamable_after(self, repository_id: str, after_sequence: int, limit: int = 100) -> list[Any]:
+        self.reading.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.swallowed += 1
+        return []
+
+
+async def test_a_lane_whose_read_swallows_its_cancellation_still_stops_and_gives_its_lease_up() -> None:
+    store = _SwallowingStore()
+    await store.open()
+    dispatcher = Dispatcher(store)
+    connection = dispatcher.connect("ci", [REPO_A])
+    await asyncio.wait_for(store.reading.wait(), 5)  # the lane reads, and will lose the cancellation
+
+    await asyncio.wait_for(dispatcher.disconnect(connection), 10)
+    assert store.swallowed == 1
+    assert store.log == ["lease released"], "the next holder (on another replica) would wait for good"
+    assert dispatcher.connection_count() == 0

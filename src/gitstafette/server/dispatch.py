@@ -42,7 +42,22 @@ DEFAULT_WINDOW_BYTES = 32 * 1024 * 1024
 STORE_RETRY_MIN_S = 0.1
 STORE_RETRY_MAX_S = 2.0
 
+#: How long a lane's task may take to stop once cancelled before its lease is given up without it.
+LANE_STOP_S = 5.0
+
 _connection_ids = itertools.count(1)
+
+
+def _stop_if_cancelled(where: str) -> None:
+    """Raise CancelledError if the running task was cancelled and the cancellation did not arrive: a library
+    call that swallows it (seen with a Redis read cancelled in flight) would leave a lane that was told to stop
+    waiting for events forever, and its repository's lease held by nobody who serves it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        logger.warning("%s swallowed a cancellation of %s; stopping", where, task.get_name())
+        raise asyncio.CancelledError
+
+
 _lane_ids = itertools.count(1)
 
 
@@ -143,7 +158,17 @@ class Lane:
                 self.holding = False
                 for task in tasks:
                     task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                # Bounded: a task that does not stop when cancelled must not keep the lease from the next holder.
+                _, stuck = await asyncio.wait(tasks, timeout=LANE_STOP_S) if tasks else (set(), set())
+                if stuck:
+                    logger.error(
+                        "client %s: connection %d, the lane of repository %s did not stop within %gs of being "
+                        "cancelled; its lease is given up anyway",
+                        self.group.client_id,
+                        self.connection.id,
+                        self.repository_id,
+                        LANE_STOP_S,
+                    )
                 # Also when cancelled: the next holder need not wait for the lease to expire.
                 await asyncio.shield(self._release(lease))
             if not lease.lost.is_set():
@@ -215,6 +240,7 @@ class Lane:
                         start + 1,
                     )
                     await self.send_replays(await store.replays(group.client_id, repository_id))
+                    _stop_if_cancelled("the lane's start")
                     # Still unacknowledged from before its lease was lost and taken back: go on after those.
                     after = next(reversed(self.inflight), start)
                 room = window - len(self.inflight)
@@ -223,6 +249,7 @@ class Lane:
                     await self.room.wait()
                     continue
                 events = await store.read_streamable_after(repository_id, after, limit=room)
+                _stop_if_cancelled("a read of the store")
                 if failing:
                     logger.info("client %s: the store answers again; serving %s", group.client_id, repository_id)
                     delay_s, failing = STORE_RETRY_MIN_S, False
