@@ -34,8 +34,8 @@ from bench._lib.report import machine  # noqa: E402
 from bench._lib.sender import DEFAULT_FIXTURE  # noqa: E402
 from bench._lib.target import Recorder, start_target  # noqa: E402
 
+from gitstafette._runtime import event_loop_factory  # noqa: E402
 from gitstafette.client.relay import HttpTarget  # noqa: E402
-from gitstafette.loops import event_loop_factory  # noqa: E402
 from gitstafette.model import WebhookEvent  # noqa: E402
 
 

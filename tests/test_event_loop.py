@@ -11,8 +11,8 @@ import httpx
 import pytest
 import uvloop
 
+from gitstafette._runtime import event_loop_factory
 from gitstafette.exceptions import ConfigError
-from gitstafette.loops import event_loop_factory
 from tests.client.utils import RecordingTarget, post_webhook, repository_of, running_client, wait_until
 from tests.utils import running_server
 

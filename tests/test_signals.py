@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from gitstafette._signals import handling_signals
-from gitstafette.loops import event_loop_factory
+from gitstafette._runtime import event_loop_factory, handling_signals
 
 LOOPS = ["asyncio", "uvloop"]
 

@@ -16,6 +16,7 @@ import httpx
 import typer
 
 from gitstafette import __version__, constants
+from gitstafette._runtime import event_loop_factory
 from gitstafette.config import (
     ClientConfig,
     ClientTlsConfig,
@@ -30,7 +31,6 @@ from gitstafette.config import (
 from gitstafette.events_cli import events_app
 from gitstafette.exceptions import ConfigError, StoreError
 from gitstafette.logs import configure_logging
-from gitstafette.loops import event_loop_factory
 from gitstafette.telemetry.otel import OtelSettings
 
 __all__ = ["app", "main"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import gc
 
+from gitstafette._runtime import GC_THRESHOLD
 from gitstafette.client.app import Client
 from gitstafette.config import ClientConfig
-from gitstafette.loops import GC_THRESHOLD
 
 
 async def test_the_threshold_is_raised_while_running_and_put_back(default_gc_thresholds: tuple[int, int, int]) -> None:

@@ -6,7 +6,8 @@ import email.utils
 
 import pytest
 
-from gitstafette.client.retry import Backoff, RetryPolicy, parse_retry_after, verdict_for_status
+from gitstafette._runtime import Backoff
+from gitstafette.client.retry import RetryPolicy, parse_retry_after, verdict_for_status
 
 
 @pytest.mark.parametrize("status", [200, 201, 202, 204, 299])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gc
 
+from gitstafette._runtime import GC_THRESHOLD
 from gitstafette.config import ServerConfig, StoreConfig
-from gitstafette.loops import GC_THRESHOLD
 from gitstafette.server.server import Server
 
 

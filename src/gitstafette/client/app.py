@@ -31,16 +31,15 @@ from starlette.routing import Route
 from gitstafette import __version__
 from gitstafette._http import EmbeddedHttpServer
 from gitstafette._ready_file import ReadyFile
-from gitstafette._signals import handling_signals
+from gitstafette._runtime import Backoff, handling_signals, raise_gc_threshold, running_loop_name
 from gitstafette.client.consumer import Consumer, Received, Stream
 from gitstafette.client.metrics import ClientMetrics
 from gitstafette.client.relay import Relay, Settlement, TargetHealth, create_http_client, create_target
-from gitstafette.client.retry import Backoff, RetryPolicy
+from gitstafette.client.retry import RetryPolicy
 from gitstafette.config import ClientConfig
 from gitstafette.constants import CLIENT_SERVICE_NAME, HEADER_SIGNATURE_256
 from gitstafette.github.signature import WebhookSecrets
 from gitstafette.logs import bind_event, unbind_event
-from gitstafette.loops import raise_gc_threshold, running_loop_name
 from gitstafette.model import WebhookEvent
 from gitstafette.secret_files import load_webhook_secrets
 from gitstafette.telemetry import tracing

@@ -24,9 +24,9 @@ import grpc
 
 from gitstafette._proto import gitstafette_pb2 as pb
 from gitstafette._proto import gitstafette_pb2_grpc as pb_grpc
+from gitstafette._runtime import Backoff
 from gitstafette.client.metrics import ClientMetrics
 from gitstafette.client.relay import wait_for_any
-from gitstafette.client.retry import Backoff
 from gitstafette.config import ClientConfig
 from gitstafette.constants import HEADER_EVENT, METADATA_AUTHORIZATION
 from gitstafette.exceptions import ConfigError

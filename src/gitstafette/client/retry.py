@@ -14,14 +14,15 @@ is a floor under that wait, itself capped.
 from __future__ import annotations
 
 import email.utils
-import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Backoff", "RetryPolicy", "Verdict", "parse_retry_after", "verdict_for_status"]
+from gitstafette._runtime import Backoff
+
+__all__ = ["RetryPolicy", "Verdict", "parse_retry_after", "verdict_for_status"]
 
 Verdict = Literal["ack", "retry", "dead-letter"]
 
@@ -58,23 +59,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     current = time.time() if now is None else now
     return max(0.0, when.timestamp() - current)
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with full jitter: attempt ``n`` (from 0) waits ``uniform(0, min(max, initial·2ⁿ))``."""
-
-    initial_s: float
-    max_s: float
-
-    def bound_s(self, attempt: int) -> float:
-        """The most attempt ``attempt`` may wait."""
-        if attempt >= 64:  # 2**64 overflows nothing in Python, but the cap was reached long before
-            return self.max_s
-        return min(self.max_s, self.initial_s * math.pow(2, max(0, attempt)))
-
-    def delay_s(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
-        return rng() * self.bound_s(attempt)
 
 
 @dataclass(frozen=True)

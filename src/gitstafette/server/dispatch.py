@@ -26,6 +26,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from gitstafette._runtime import Backoff
 from gitstafette.exceptions import StoreError, StoreUnavailable
 from gitstafette.model import DeadLetter, WebhookEvent
 from gitstafette.store import EventStore, Lease
@@ -38,9 +39,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_WINDOW = 256
 DEFAULT_WINDOW_BYTES = 32 * 1024 * 1024
 
-#: How long a lane waits before trying an unavailable store again: doubling from the first to the second.
-STORE_RETRY_MIN_S = 0.1
-STORE_RETRY_MAX_S = 2.0
+#: How long a stream waits before trying an unavailable store again: 0.1 s, doubling up to 2 s.
+STORE_RETRY = Backoff(0.1, 2.0, jitter=False)
 
 #: How long a lane's task may take to stop once cancelled before its lease is given up without it.
 LANE_STOP_S = 5.0
@@ -224,7 +224,7 @@ class Lane:
         store, window, window_bytes = group.dispatcher.store, group.dispatcher.window, group.dispatcher.window_bytes
         #: the last sequence sent; None until the lane has its start (the store may be away at first too)
         after: int | None = None
-        delay_s, failing = STORE_RETRY_MIN_S, False
+        retrying = STORE_RETRY.retrying()
         while not store.closed:
             try:
                 if after is None:
@@ -250,9 +250,8 @@ class Lane:
                     continue
                 events = await store.read_streamable_after(repository_id, after, limit=room)
                 _stop_if_cancelled("a read of the store")
-                if failing:
+                if retrying.succeeded():
                     logger.info("client %s: the store answers again; serving %s", group.client_id, repository_id)
-                    delay_s, failing = STORE_RETRY_MIN_S, False
                 if not events:
                     await store.wait_for_streamable(repository_id, after, timeout=None)
                     continue
@@ -268,13 +267,11 @@ class Lane:
             except StoreUnavailable as exc:
                 # The stream stays open: what it waits for is stored once the store is back. (A StoreError will
                 # not pass by waiting: it ends the lane, and _ended the stream, with an error.)
-                if not failing:
+                if retrying.failed():
                     logger.warning(
                         "client %s: cannot read repository %s (%s); retrying", group.client_id, repository_id, exc
                     )
-                failing = True
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, STORE_RETRY_MAX_S)
+                await retrying.pause()
 
     @property
     def idle(self) -> bool:

@@ -25,8 +25,7 @@ from gitstafette.model import WebhookEvent, event_from_pb
 from gitstafette.server.audit import AuditLog
 from gitstafette.server.auth import Authenticator, Grant, Session
 from gitstafette.server.dispatch import (
-    STORE_RETRY_MAX_S,
-    STORE_RETRY_MIN_S,
+    STORE_RETRY,
     AssignmentChanged,
     Connection,
     Dispatcher,
@@ -203,7 +202,7 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
         last_sent = time.monotonic()
         #: a cursor sent past but not yet recorded (the store was away when it was to be written)
         unsaved: int | None = None
-        delay_s, failing = STORE_RETRY_MIN_S, False
+        retrying = STORE_RETRY.retrying()
         while not self.store.closed and session.ended is None:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -219,24 +218,20 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
             except StoreUnavailable as exc:
                 # The stream stays open, with heartbeats: what it waits for is stored once the store is back.
                 # (A StoreError will not pass by waiting: it ends the stream, see FetchWebhookEvents.)
-                if not failing:
+                if retrying.failed():
                     logger.warning(
                         "FetchWebhookEvents: client %s cannot read repository %s (%s); retrying",
                         client_id,
                         repository_id,
                         exc,
                     )
-                failing = True
                 if now - last_sent >= self.config.heartbeat_s:
                     yield pb.WebhookEventsResponse()
                     last_sent = time.monotonic()
-                pause_s = delay_s if deadline is None else max(0.0, min(delay_s, deadline - now))
-                await asyncio.sleep(pause_s)
-                delay_s = min(delay_s * 2, STORE_RETRY_MAX_S)
+                await retrying.pause(None if deadline is None else deadline - now)
                 continue
-            if failing:
+            if retrying.succeeded():
                 logger.info("FetchWebhookEvents: client %s, the store answers again", client_id)
-                delay_s, failing = STORE_RETRY_MIN_S, False
             if events:
                 for event in events:
                     self.audit.record(client_id, repository_id, event.sequence, "sent")

@@ -33,11 +33,10 @@ from gitstafette._http import EmbeddedHttpServer
 from gitstafette._http_limits import HttpLimits
 from gitstafette._proto import gitstafette_info_pb2, gitstafette_info_pb2_grpc, gitstafette_pb2, gitstafette_pb2_grpc
 from gitstafette._ready_file import ReadyFile
-from gitstafette._signals import handling_signals
+from gitstafette._runtime import handling_signals, raise_gc_threshold, running_loop_name
 from gitstafette.config import ServerConfig
 from gitstafette.constants import SERVER_SERVICE_NAME
 from gitstafette.exceptions import ConfigError, StoreError, StoreUnavailable
-from gitstafette.loops import raise_gc_threshold, running_loop_name
 from gitstafette.secret_files import load_webhook_secrets
 from gitstafette.server.audit import AuditLog
 from gitstafette.server.auth import Authenticator, AuthInterceptor

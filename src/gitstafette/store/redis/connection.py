@@ -83,7 +83,7 @@ class RedisConnections:
         if settings.sentinels:
             # The master of the moment: asked of the sentinels on each new connection, so after a failover
             # the connections that fail (the old master is gone, or now read-only) are made again to the new one.
-            sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            sentinel = Sentinel(
                 list(settings.sentinels),
                 sentinel_kwargs={
                     "socket_timeout": constants.REDIS_INGEST_TIMEOUT_S,

@@ -14,10 +14,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gitstafette import constants
+from gitstafette._runtime import Backoff
 from gitstafette.store.base import SequenceNotifier
 from gitstafette.store.redis.keys import Keys, text
 
 __all__ = ["NoticesFollower"]
+
+#: How soon the follower reconnects to a Redis that went away: 10 ms, doubling up to a cap.
+_RECONNECT = Backoff(0.01, constants.REDIS_RECONNECT_MAX_S, jitter=False)
 
 logger = logging.getLogger(__name__)
 
@@ -102,15 +106,14 @@ class NoticesFollower:
     async def _follow(self, listener: aioredis.Redis, streams: dict[str, bytes] | None) -> None:
         """Wake this process's readers for appends made by any replica (this one included), and its lanes
         standing by for leases that any replica gave up."""
-        delay_s, failing = 0.01, False
+        retrying = _RECONNECT.retrying()
         notices, released = self.keys.notices.encode(), self.keys.lease_released.encode()
         while not self._closing:
             try:
                 if streams is None:
                     streams = await self.catch_up(listener)
-                    if failing:
+                    if retrying.succeeded():
                         logger.info("Redis %s reachable again: following appends of every replica", self.url)
-                    failing, delay_s = False, 0.01
                 # RESP2: [[stream, [(entry id, {field: value}), …]]], or None when the block ran out.
                 answer: Any = await listener.xread(
                     cast(Any, streams), count=1000, block=constants.REDIS_NOTICES_BLOCK_MS
@@ -128,8 +131,7 @@ class NoticesFollower:
             except (RedisError, OSError) as exc:
                 if self._closing:
                     return
-                if not failing:
+                if retrying.failed():
                     logger.warning("Redis %s: lost the notices of appends (%s); reconnecting", self.url, exc)
-                failing, streams = True, None
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, constants.REDIS_RECONNECT_MAX_S)
+                streams = None
+                await retrying.pause()
