@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from gitstafette.events_cli import events_app
+from gitstafette.cli.events import events_app
 from tests.grpc_clients import AckStream
 from tests.server.test_ack_stream import _until_pending, post
 from tests.utils import ServerProcess

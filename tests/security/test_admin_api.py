@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 from typer.testing import CliRunner
 
-from gitstafette.events_cli import events_app
+from gitstafette.cli.events import events_app
 from tests.client.utils import wait_until
 from tests.grpc_clients import AckStream
 from tests.security.utils import REPO, admin_get, make_token, new_secret, post_signed, write_tokens

@@ -10,11 +10,11 @@ from gitstafette.constants import HEADER_SIGNATURE_256
 from gitstafette.exceptions import StoreError, StoreUnavailable, WebhookRejected
 from gitstafette.github.signature import WebhookSecrets
 from gitstafette.github.webhook import webhook_payload
-from gitstafette.logs import bind_event
 from gitstafette.model import WebhookEvent
 from gitstafette.server.metrics import ServerMetrics
 from gitstafette.store import AppendResult, EventStore
 from gitstafette.telemetry import sentry, tracing
+from gitstafette.telemetry.logs import bind_event
 
 __all__ = ["Ingest", "Outcome"]
 

@@ -29,8 +29,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from gitstafette import constants
-from gitstafette._http import EmbeddedHttpServer
-from gitstafette._http_limits import HttpLimits
+from gitstafette._http import EmbeddedHttpServer, HttpLimits
 from gitstafette._proto import gitstafette_info_pb2, gitstafette_info_pb2_grpc, gitstafette_pb2, gitstafette_pb2_grpc
 from gitstafette._ready_file import ReadyFile
 from gitstafette._runtime import handling_signals, raise_gc_threshold, running_loop_name

@@ -15,7 +15,7 @@ events_app = typer.Typer(
     help="Inspect stored events and dead letters on a server, and replay dead letters.",
     short_help="Inspect stored events and dead letters; replay dead letters.",
     no_args_is_help=True,
-    rich_markup_mode=None,  # click's help, as the main command's (see cli.py)
+    rich_markup_mode=None,  # click's help, as the main command's (see cli/__init__.py)
 )
 
 SERVER_URL_HELP = "The server's HTTP address."

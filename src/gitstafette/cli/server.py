@@ -1,0 +1,194 @@
+"""``gitstafette server``: receive webhooks, store them, stream them to clients."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from gitstafette import constants
+from gitstafette.cli.common import (
+    EVENT_LOOP_OPTION,
+    LOG_FORMAT_OPTION,
+    LOG_LEVEL_HELP,
+    OTEL_OPTION,
+    READY_FILE_HOW,
+    SENTRY_OPTION,
+    configure_logging,
+    fail,
+    quiet_grpc_core,
+    reason,
+    run,
+)
+from gitstafette.config import Secret, ServerConfig, ServerTlsConfig, StoreConfig, Watchlist, parse_duration, parse_size
+from gitstafette.exceptions import ConfigError, StoreError
+from gitstafette.telemetry.otel import OtelSettings
+
+__all__ = ["STORE_HELP", "server"]
+
+REPOSITORIES_HELP = (
+    "Repositories to accept webhooks for, comma-separated: GitHub repository ids (537845873) or owner/name, "
+    "or * for every repository."
+)
+STORE_HELP = (
+    # Every URL form short enough for one line of --help at 80 columns: click wraps a longer word mid-way.
+    "Where events are kept: memory:// (lost on exit); sqlite:///relative/path.db or sqlite:////absolute/path.db; "
+    "redis://[:PASSWORD@]HOST:PORT/DB (rediss:// for TLS), which several server replicas may share, with the "
+    "options ?prefix=NAME and &lease_ttl=5s (how long a replica that died keeps the repositories it served to a "
+    "client id); or with Sentinel: redis+sentinel://SENTINEL,.../MASTER/DB (port 26379 unless given; "
+    "rediss+sentinel:// for TLS)."
+)
+RETENTION_HELP = "How long acknowledged events are kept (for inspection and replay), e.g. 30m, 24h, 7d."
+MAX_AGE_HELP = "How long events that some client has not acknowledged are kept at most."
+MAX_BODY_HELP = "Largest webhook body accepted; larger ones get 413 (GitHub's own cap is 25 MB)."
+TLS_CERT_HELP = (
+    "PEM certificate chain: both ports speak TLS with it (HTTPS and gRPC over TLS); give --tls-key too. "
+    "Without it both ports are plaintext."
+)
+TLS_KEY_HELP = "The PEM private key of --tls-cert (unencrypted; readable by the server only)."
+TLS_CLIENT_CA_HELP = (
+    "Mutual TLS on the gRPC port: clients must present a certificate signed by a CA in this PEM file. "
+    "The HTTP port asks for no client certificate: GitHub cannot present one."
+)
+TLS_RELOAD_HELP = (
+    "How often the certificate files are checked for a renewal; new connections then get the new certificate, "
+    "without a restart."
+)
+
+
+WEBHOOK_SECRET_HELP = (
+    "The secret of your GitHub webhooks: X-Hub-Signature-256 is checked (HMAC-SHA256) and a webhook without "
+    "a valid one gets 401. Prefer the environment variable: a command line is visible to other users."
+)
+WEBHOOK_SECRETS_FILE_HELP = (
+    "YAML (.yaml/.yml) or TOML (.toml) file of per-repository secrets: repository id or owner/name → secret "
+    "(--webhook-secret covers the others). Re-read on SIGHUP."
+)
+TOKENS_FILE_HELP = (
+    "YAML or TOML file of client tokens: a list 'tokens' of {sha256, client_id, repositories}; sha256 is "
+    "the token's hash (gitstafette hash-token). gRPC calls then need 'authorization: Bearer <token>'. "
+    "The environment variable OAUTH_TOKEN adds one token for every repository. Re-read on SIGHUP."
+)
+ADMIN_TOKEN_FILE_HELP = (
+    "File holding the admin token of the REST read API (/v1/events, /v1/dead-letters); the environment "
+    "variable GITSTAFETTE_ADMIN_TOKEN may hold it instead. Needed once any token is configured. Re-read on SIGHUP."
+)
+MAX_STREAMS_HELP = "Open acknowledged streams one client id may hold at once (replicas count); 0 = no limit."
+REQUEST_TIMEOUT_HELP = (
+    "An HTTP request's headers, and then its body, must each arrive within this (else 408): a slow sender "
+    "cannot hold the server."
+)
+MAX_HEADER_HELP = "Largest request line plus headers of an HTTP request (else 431)."
+KEEP_ALIVE_HELP = "An idle keep-alive HTTP connection is closed after this long."
+READY_FILE_HELP = (
+    "Once both ports listen, write this JSON file: pid, host, http_port and grpc_port (the ports bound: "
+    "with port 0, the ones chosen). " + READY_FILE_HOW
+)
+
+
+def server(
+    repositories: Annotated[str, typer.Option(envvar="GITSTAFETTE_REPOSITORIES", help=REPOSITORIES_HELP)] = "*",
+    host: Annotated[str, typer.Option(envvar="GITSTAFETTE_HOST", help="Address to listen on.")] = "0.0.0.0",
+    http_port: Annotated[
+        int, typer.Option(envvar="GITSTAFETTE_HTTP_PORT", help="Port for webhooks, the REST API, health and metrics.")
+    ] = constants.DEFAULT_HTTP_PORT,
+    grpc_port: Annotated[
+        int, typer.Option(envvar="GITSTAFETTE_GRPC_PORT", help="Port for client streams (gRPC).")
+    ] = constants.DEFAULT_GRPC_PORT,
+    store: Annotated[
+        str, typer.Option(envvar="GITSTAFETTE_STORE", help=STORE_HELP, metavar="URL")
+    ] = f"sqlite:///{constants.DEFAULT_SQLITE_PATH}",
+    retention: Annotated[str, typer.Option(envvar="GITSTAFETTE_RETENTION", help=RETENTION_HELP)] = "24h",
+    max_event_age: Annotated[str, typer.Option(envvar="GITSTAFETTE_MAX_EVENT_AGE", help=MAX_AGE_HELP)] = "7d",
+    max_body_size: Annotated[str, typer.Option(envvar="GITSTAFETTE_MAX_BODY_SIZE", help=MAX_BODY_HELP)] = "25MiB",
+    shutdown_grace: Annotated[
+        str, typer.Option(envvar="GITSTAFETTE_SHUTDOWN_GRACE", help="How long in-flight work may take on shutdown.")
+    ] = "10s",
+    log_level: Annotated[str, typer.Option(envvar="GITSTAFETTE_LOG_LEVEL", help=LOG_LEVEL_HELP)] = "info",
+    log_format: Annotated[str, LOG_FORMAT_OPTION] = "auto",
+    event_loop: Annotated[str, EVENT_LOOP_OPTION] = "auto",
+    otel: Annotated[bool, OTEL_OPTION] = False,
+    sentry_dsn: Annotated[str, SENTRY_OPTION] = "",
+    tls_cert: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_CERT", help=TLS_CERT_HELP)] = "",
+    tls_key: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_KEY", help=TLS_KEY_HELP)] = "",
+    tls_client_ca: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_CLIENT_CA", help=TLS_CLIENT_CA_HELP)] = "",
+    tls_reload_interval: Annotated[
+        str, typer.Option(envvar="GITSTAFETTE_TLS_RELOAD_INTERVAL", help=TLS_RELOAD_HELP)
+    ] = "5s",
+    webhook_secret: Annotated[
+        str, typer.Option(envvar="GITSTAFETTE_WEBHOOK_SECRET", help=WEBHOOK_SECRET_HELP, show_default=False)
+    ] = "",
+    webhook_secrets_file: Annotated[
+        str, typer.Option(envvar="GITSTAFETTE_WEBHOOK_SECRETS_FILE", help=WEBHOOK_SECRETS_FILE_HELP)
+    ] = "",
+    tokens_file: Annotated[str, typer.Option(envvar="GITSTAFETTE_TOKENS_FILE", help=TOKENS_FILE_HELP)] = "",
+    admin_token_file: Annotated[
+        str, typer.Option(envvar="GITSTAFETTE_ADMIN_TOKEN_FILE", help=ADMIN_TOKEN_FILE_HELP)
+    ] = "",
+    max_streams_per_client: Annotated[
+        int, typer.Option(envvar="GITSTAFETTE_MAX_STREAMS_PER_CLIENT", help=MAX_STREAMS_HELP)
+    ] = constants.DEFAULT_MAX_STREAMS_PER_CLIENT,
+    request_timeout: Annotated[
+        str, typer.Option(envvar="GITSTAFETTE_REQUEST_TIMEOUT", help=REQUEST_TIMEOUT_HELP)
+    ] = "30s",
+    max_header_size: Annotated[str, typer.Option(envvar="GITSTAFETTE_MAX_HEADER_SIZE", help=MAX_HEADER_HELP)] = "64KiB",
+    keep_alive_timeout: Annotated[
+        str, typer.Option(envvar="GITSTAFETTE_KEEP_ALIVE_TIMEOUT", help=KEEP_ALIVE_HELP)
+    ] = "5s",
+    ready_file: Annotated[
+        str,
+        typer.Option(
+            envvar="GITSTAFETTE_READY_FILE",
+            metavar="PATH",
+            help=READY_FILE_HELP,
+        ),
+    ] = "",
+) -> None:
+    """Receive GitHub webhooks over HTTP, store them, and stream them to clients over gRPC."""
+    # gRPC's C core writes its own line for a port it cannot bind, outside our log; the server says why itself.
+    quiet_grpc_core("NONE")
+    from gitstafette.server.server import Server
+
+    try:
+        config = ServerConfig(
+            repositories=Watchlist.parse(repositories),
+            host=host,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            store=StoreConfig.from_url(store),
+            retention_s=parse_duration(retention, "retention"),
+            max_event_age_s=parse_duration(max_event_age, "max-event-age"),
+            max_body_bytes=parse_size(max_body_size, "max-body-size"),
+            shutdown_grace_s=parse_duration(shutdown_grace, "shutdown-grace"),
+            tls=ServerTlsConfig(
+                cert=tls_cert,
+                key=tls_key,
+                client_ca=tls_client_ca,
+                reload_interval_s=parse_duration(tls_reload_interval, "tls-reload-interval"),
+            ),
+            webhook_secret=Secret.optional(webhook_secret),
+            webhook_secrets_file=webhook_secrets_file,
+            tokens_file=tokens_file,
+            oauth_token=Secret.optional(os.environ.get("OAUTH_TOKEN")),
+            admin_token=Secret.optional(os.environ.get("GITSTAFETTE_ADMIN_TOKEN")),
+            admin_token_file=admin_token_file,
+            max_streams_per_client=max_streams_per_client,
+            request_timeout_s=parse_duration(request_timeout, "request-timeout"),
+            max_header_bytes=parse_size(max_header_size, "max-header-size"),
+            keep_alive_timeout_s=parse_duration(keep_alive_timeout, "keep-alive-timeout"),
+            otel=OtelSettings.from_env(otel, constants.SERVER_SERVICE_NAME),
+            sentry_dsn=Secret.optional(sentry_dsn),
+            ready_file=ready_file,
+        )
+    except ConfigError as exc:
+        raise fail(exc) from exc
+    configure_logging(log_level, log_format)
+    try:
+        process = Server(config)
+        run(process.serve(), event_loop, lambda: process.unfinished_steps)
+    except ConfigError as exc:  # certificate files that cannot be used
+        raise fail(exc) from exc
+    except (OSError, StoreError) as exc:  # a port that cannot be bound, a store that cannot be opened
+        typer.echo(f"gitstafette: cannot start the server: {reason(exc)}", err=True)
+        raise typer.Exit(1) from exc
