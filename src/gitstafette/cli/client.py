@@ -8,19 +8,7 @@ from typing import Annotated
 import typer
 
 from gitstafette import constants
-from gitstafette.cli.common import (
-    EVENT_LOOP_OPTION,
-    LOG_FORMAT_OPTION,
-    LOG_LEVEL_HELP,
-    OTEL_OPTION,
-    READY_FILE_HOW,
-    SENTRY_OPTION,
-    configure_logging,
-    fail,
-    quiet_grpc_core,
-    reason,
-    run,
-)
+from gitstafette.cli import common
 from gitstafette.config import ClientConfig, ClientTlsConfig, Secret, parse_duration
 from gitstafette.exceptions import ConfigError
 from gitstafette.telemetry.otel import OtelSettings
@@ -29,7 +17,7 @@ __all__ = ["client"]
 
 CLIENT_READY_FILE_HELP = (
     "Once the health port listens, write this JSON file: pid, health_host and health_port (the port bound: "
-    "with port 0, the one chosen). " + READY_FILE_HOW
+    "with port 0, the one chosen). " + common.READY_FILE_HOW
 )
 CLIENT_SERVER_HELP = (
     "gitstafette server(s) as HOST:PORT; give the option several times or comma-separated, tried in turn "
@@ -75,8 +63,8 @@ MAX_DELIVERY_AGE_HELP = (
 
 
 def client(
-    repositories: Annotated[str, typer.Option(envvar="GITSTAFETTE_REPOSITORIES", help=CLIENT_REPOSITORIES_HELP)],
-    target: Annotated[str, typer.Option(envvar="GITSTAFETTE_TARGET", help=TARGET_HELP, metavar="URL")],
+    repositories: Annotated[str, common.env("REPOSITORIES", CLIENT_REPOSITORIES_HELP)],
+    target: Annotated[str, common.env("TARGET", TARGET_HELP, metavar="URL")],
     server: Annotated[
         list[str] | None,
         typer.Option(
@@ -87,81 +75,54 @@ def client(
             show_default=f"127.0.0.1:{constants.DEFAULT_GRPC_PORT}",
         ),
     ] = None,
-    target_health_url: Annotated[
-        str, typer.Option(envvar="GITSTAFETTE_TARGET_HEALTH_URL", help=TARGET_HEALTH_HELP)
-    ] = "",
-    client_id: Annotated[
-        str, typer.Option(envvar="GITSTAFETTE_CLIENT_ID", help=CLIENT_ID_HELP, show_default="the host name")
-    ] = "",
+    target_health_url: Annotated[str, common.env("TARGET_HEALTH_URL", TARGET_HEALTH_HELP)] = "",
+    client_id: Annotated[str, common.env("CLIENT_ID", CLIENT_ID_HELP, show_default="the host name")] = "",
     insecure: Annotated[bool, typer.Option("--insecure", envvar="GITSTAFETTE_INSECURE", help=INSECURE_HELP)] = False,
-    tls_ca: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_CA", help=CLIENT_TLS_CA_HELP)] = "",
-    tls_cert: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_CERT", help=CLIENT_TLS_CERT_HELP)] = "",
-    tls_key: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_KEY", help=CLIENT_TLS_KEY_HELP)] = "",
-    tls_server_name: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_SERVER_NAME", help=TLS_SERVER_NAME_HELP)] = "",
-    health_host: Annotated[
-        str, typer.Option(envvar="GITSTAFETTE_HEALTH_HOST", help="Address for the health port.")
-    ] = "0.0.0.0",
-    health_port: Annotated[
-        int, typer.Option(envvar="GITSTAFETTE_HEALTH_PORT", help=HEALTH_PORT_HELP)
-    ] = constants.DEFAULT_CLIENT_HEALTH_PORT,
-    max_delivery_age: Annotated[
-        str, typer.Option(envvar="GITSTAFETTE_MAX_DELIVERY_AGE", help=MAX_DELIVERY_AGE_HELP)
-    ] = "1h",
-    delivery_timeout: Annotated[
-        str, typer.Option(envvar="GITSTAFETTE_DELIVERY_TIMEOUT", help="How long one delivery attempt may take.")
-    ] = "30s",
-    retry_max_delay: Annotated[
-        str, typer.Option(envvar="GITSTAFETTE_RETRY_MAX_DELAY", help="Longest wait between delivery attempts.")
-    ] = "30s",
+    tls_ca: Annotated[str, common.env("TLS_CA", CLIENT_TLS_CA_HELP)] = "",
+    tls_cert: Annotated[str, common.env("TLS_CERT", CLIENT_TLS_CERT_HELP)] = "",
+    tls_key: Annotated[str, common.env("TLS_KEY", CLIENT_TLS_KEY_HELP)] = "",
+    tls_server_name: Annotated[str, common.env("TLS_SERVER_NAME", TLS_SERVER_NAME_HELP)] = "",
+    health_host: Annotated[str, common.env("HEALTH_HOST", "Address for the health port.")] = "0.0.0.0",
+    health_port: Annotated[int, common.env("HEALTH_PORT", HEALTH_PORT_HELP)] = constants.DEFAULT_CLIENT_HEALTH_PORT,
+    max_delivery_age: Annotated[str, common.env("MAX_DELIVERY_AGE", MAX_DELIVERY_AGE_HELP)] = "1h",
+    delivery_timeout: Annotated[str, common.env("DELIVERY_TIMEOUT", "How long one delivery attempt may take.")] = "30s",
+    retry_max_delay: Annotated[str, common.env("RETRY_MAX_DELAY", "Longest wait between delivery attempts.")] = "30s",
     reconnect_max_delay: Annotated[
         str,
-        typer.Option(envvar="GITSTAFETTE_RECONNECT_MAX_DELAY", help="Longest wait between attempts to reconnect."),
+        common.env("RECONNECT_MAX_DELAY", "Longest wait between attempts to reconnect."),
     ] = "30s",
     idle_timeout: Annotated[
         str,
-        typer.Option(
-            envvar="GITSTAFETTE_IDLE_TIMEOUT",
-            help="Reconnect when the stream carried nothing (no event, no heartbeat) this long.",
+        common.env(
+            "IDLE_TIMEOUT",
+            "Reconnect when the stream carried nothing (no event, no heartbeat) this long.",
         ),
     ] = "45s",
     shutdown_grace: Annotated[
         str,
-        typer.Option(envvar="GITSTAFETTE_SHUTDOWN_GRACE", help="How long a delivery under way may take on shutdown."),
+        common.env("SHUTDOWN_GRACE", "How long a delivery under way may take on shutdown."),
     ] = "10s",
     refused_retry_delay: Annotated[
         # Hidden: the tests shorten it; in use, a refusal lasts until someone changes a token.
-        str, typer.Option(envvar="GITSTAFETTE_REFUSED_RETRY_DELAY", hidden=True)
+        str, common.env("REFUSED_RETRY_DELAY", None, hidden=True)
     ] = "60s",
-    log_level: Annotated[str, typer.Option(envvar="GITSTAFETTE_LOG_LEVEL", help=LOG_LEVEL_HELP)] = "info",
-    log_format: Annotated[str, LOG_FORMAT_OPTION] = "auto",
-    event_loop: Annotated[str, EVENT_LOOP_OPTION] = "auto",
-    otel: Annotated[bool, OTEL_OPTION] = False,
-    sentry_dsn: Annotated[str, SENTRY_OPTION] = "",
+    log_level: Annotated[str, common.LOG_LEVEL_OPTION] = "info",
+    log_format: Annotated[str, common.LOG_FORMAT_OPTION] = "auto",
+    event_loop: Annotated[str, common.EVENT_LOOP_OPTION] = "auto",
+    otel: Annotated[bool, common.OTEL_OPTION] = False,
+    sentry_dsn: Annotated[str, common.SENTRY_OPTION] = "",
     token: Annotated[
         str,
         typer.Option(envvar=["GITSTAFETTE_TOKEN", "OAUTH_TOKEN"], help=CLIENT_TOKEN_HELP, show_default=False),
     ] = "",
-    webhook_secret: Annotated[
-        str, typer.Option(envvar="GITSTAFETTE_WEBHOOK_SECRET", help=CLIENT_WEBHOOK_SECRET_HELP, show_default=False)
-    ] = "",
-    webhook_secrets_file: Annotated[
-        str, typer.Option(envvar="GITSTAFETTE_WEBHOOK_SECRETS_FILE", help=CLIENT_WEBHOOK_SECRETS_FILE_HELP)
-    ] = "",
-    target_token: Annotated[
-        str, typer.Option(envvar="GITSTAFETTE_TARGET_TOKEN", help=TARGET_TOKEN_HELP, show_default=False)
-    ] = "",
-    ready_file: Annotated[
-        str,
-        typer.Option(
-            envvar="GITSTAFETTE_READY_FILE",
-            metavar="PATH",
-            help=CLIENT_READY_FILE_HELP,
-        ),
-    ] = "",
+    webhook_secret: Annotated[str, common.env("WEBHOOK_SECRET", CLIENT_WEBHOOK_SECRET_HELP, show_default=False)] = "",
+    webhook_secrets_file: Annotated[str, common.env("WEBHOOK_SECRETS_FILE", CLIENT_WEBHOOK_SECRETS_FILE_HELP)] = "",
+    target_token: Annotated[str, common.env("TARGET_TOKEN", TARGET_TOKEN_HELP, show_default=False)] = "",
+    ready_file: Annotated[str, common.env("READY_FILE", CLIENT_READY_FILE_HELP, metavar="PATH")] = "",
 ) -> None:
     """Stream events from a gitstafette server over gRPC and deliver each one to the target, acknowledged."""
     # gRPC's C core logs each failed connection attempt itself; the client logs a change of state once.
-    quiet_grpc_core("ERROR")
+    common.quiet_grpc_core("ERROR")
     from gitstafette.client import Client
 
     try:
@@ -195,15 +156,7 @@ def client(
             ready_file=ready_file,
         )
     except ConfigError as exc:
-        raise fail(exc) from exc
-    configure_logging(log_level, log_format)
-    runner = Client(config)
-    try:
-        run(runner.serve(), event_loop)
-    except ConfigError as exc:  # TLS files that cannot be used
-        raise fail(exc) from exc
-    except OSError as exc:
-        typer.echo(f"gitstafette: cannot start the client: {reason(exc)}", err=True)
-        raise typer.Exit(1) from exc
-    if runner.failed:
+        raise common.fail(exc) from exc
+    common.configure_logging(log_level, log_format)
+    if common.serve("client", lambda: Client(config), event_loop).failed:
         raise typer.Exit(1)

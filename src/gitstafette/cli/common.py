@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import typer
 
@@ -20,14 +20,17 @@ __all__ = [
     "EVENT_LOOP_OPTION",
     "LOG_FORMAT_OPTION",
     "LOG_LEVEL_HELP",
+    "LOG_LEVEL_OPTION",
     "OTEL_OPTION",
     "READY_FILE_HOW",
     "SENTRY_OPTION",
     "configure_logging",
+    "env",
     "fail",
     "quiet_grpc_core",
     "reason",
     "run",
+    "serve",
 ]
 
 LOG_LEVEL_HELP = "debug, info, warning or error."
@@ -41,6 +44,14 @@ EVENT_LOOP_HELP = (
     "the fallback should uvloop misbehave."
 )
 EVENT_LOOP_OPTION = typer.Option(envvar="GITSTAFETTE_EVENT_LOOP", help=EVENT_LOOP_HELP)
+
+
+def env(name: str, help: str | None = None, **option: Any) -> Any:
+    """A typer option that the environment variable ``GITSTAFETTE_<name>`` may set instead."""
+    return typer.Option(envvar=f"GITSTAFETTE_{name}", help=help, **option)
+
+
+LOG_LEVEL_OPTION = env("LOG_LEVEL", LOG_LEVEL_HELP)
 OTEL_HELP = (
     "Export OpenTelemetry traces (one per webhook, server and client spans linked) and the metrics over OTLP. "
     "Where to: the standard OTEL_EXPORTER_OTLP_* variables, or the original's OTEL_HOSTNAME, OTEL_PORT (4317), "
@@ -122,3 +133,27 @@ def configure_logging(level: str, log_format: str = "auto") -> None:
         _configure(level, log_format)
     except ConfigError as exc:
         raise fail(exc) from exc
+
+
+class _Process(Protocol):
+    def serve(self) -> Coroutine[Any, Any, None]: ...
+
+
+P = TypeVar("P", bound=_Process)
+
+
+def serve(what: str, make: Callable[[], P], event_loop: str, left_behind: Callable[[P], list[str]] | None = None) -> P:
+    """Make the process and run it until it stops; the process, to ask how it ended.
+
+    Files that cannot be used (certificates, keys) exit with code 2 and their one-line reason, a port that
+    cannot be bound or a store that cannot be opened with code 1 and "cannot start the <what>".
+    """
+    try:
+        process = make()
+        run(process.serve(), event_loop, (lambda: left_behind(process)) if left_behind else list)
+    except ConfigError as exc:
+        raise fail(exc) from exc
+    except (OSError, StoreError) as exc:
+        typer.echo(f"gitstafette: cannot start the {what}: {reason(exc)}", err=True)
+        raise typer.Exit(1) from exc
+    return process

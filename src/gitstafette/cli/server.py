@@ -5,24 +5,10 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
-import typer
-
 from gitstafette import constants
-from gitstafette.cli.common import (
-    EVENT_LOOP_OPTION,
-    LOG_FORMAT_OPTION,
-    LOG_LEVEL_HELP,
-    OTEL_OPTION,
-    READY_FILE_HOW,
-    SENTRY_OPTION,
-    configure_logging,
-    fail,
-    quiet_grpc_core,
-    reason,
-    run,
-)
+from gitstafette.cli import common
 from gitstafette.config import Secret, ServerConfig, ServerTlsConfig, StoreConfig, Watchlist, parse_duration, parse_size
-from gitstafette.exceptions import ConfigError, StoreError
+from gitstafette.exceptions import ConfigError
 from gitstafette.telemetry.otel import OtelSettings
 
 __all__ = ["STORE_HELP", "server"]
@@ -83,71 +69,50 @@ MAX_HEADER_HELP = "Largest request line plus headers of an HTTP request (else 43
 KEEP_ALIVE_HELP = "An idle keep-alive HTTP connection is closed after this long."
 READY_FILE_HELP = (
     "Once both ports listen, write this JSON file: pid, host, http_port and grpc_port (the ports bound: "
-    "with port 0, the ones chosen). " + READY_FILE_HOW
+    "with port 0, the ones chosen). " + common.READY_FILE_HOW
 )
 
 
 def server(
-    repositories: Annotated[str, typer.Option(envvar="GITSTAFETTE_REPOSITORIES", help=REPOSITORIES_HELP)] = "*",
-    host: Annotated[str, typer.Option(envvar="GITSTAFETTE_HOST", help="Address to listen on.")] = "0.0.0.0",
+    repositories: Annotated[str, common.env("REPOSITORIES", REPOSITORIES_HELP)] = "*",
+    host: Annotated[str, common.env("HOST", "Address to listen on.")] = "0.0.0.0",
     http_port: Annotated[
-        int, typer.Option(envvar="GITSTAFETTE_HTTP_PORT", help="Port for webhooks, the REST API, health and metrics.")
+        int, common.env("HTTP_PORT", "Port for webhooks, the REST API, health and metrics.")
     ] = constants.DEFAULT_HTTP_PORT,
-    grpc_port: Annotated[
-        int, typer.Option(envvar="GITSTAFETTE_GRPC_PORT", help="Port for client streams (gRPC).")
-    ] = constants.DEFAULT_GRPC_PORT,
+    grpc_port: Annotated[int, common.env("GRPC_PORT", "Port for client streams (gRPC).")] = constants.DEFAULT_GRPC_PORT,
     store: Annotated[
-        str, typer.Option(envvar="GITSTAFETTE_STORE", help=STORE_HELP, metavar="URL")
+        str, common.env("STORE", STORE_HELP, metavar="URL")
     ] = f"sqlite:///{constants.DEFAULT_SQLITE_PATH}",
-    retention: Annotated[str, typer.Option(envvar="GITSTAFETTE_RETENTION", help=RETENTION_HELP)] = "24h",
-    max_event_age: Annotated[str, typer.Option(envvar="GITSTAFETTE_MAX_EVENT_AGE", help=MAX_AGE_HELP)] = "7d",
-    max_body_size: Annotated[str, typer.Option(envvar="GITSTAFETTE_MAX_BODY_SIZE", help=MAX_BODY_HELP)] = "25MiB",
+    retention: Annotated[str, common.env("RETENTION", RETENTION_HELP)] = "24h",
+    max_event_age: Annotated[str, common.env("MAX_EVENT_AGE", MAX_AGE_HELP)] = "7d",
+    max_body_size: Annotated[str, common.env("MAX_BODY_SIZE", MAX_BODY_HELP)] = "25MiB",
     shutdown_grace: Annotated[
-        str, typer.Option(envvar="GITSTAFETTE_SHUTDOWN_GRACE", help="How long in-flight work may take on shutdown.")
+        str, common.env("SHUTDOWN_GRACE", "How long in-flight work may take on shutdown.")
     ] = "10s",
-    log_level: Annotated[str, typer.Option(envvar="GITSTAFETTE_LOG_LEVEL", help=LOG_LEVEL_HELP)] = "info",
-    log_format: Annotated[str, LOG_FORMAT_OPTION] = "auto",
-    event_loop: Annotated[str, EVENT_LOOP_OPTION] = "auto",
-    otel: Annotated[bool, OTEL_OPTION] = False,
-    sentry_dsn: Annotated[str, SENTRY_OPTION] = "",
-    tls_cert: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_CERT", help=TLS_CERT_HELP)] = "",
-    tls_key: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_KEY", help=TLS_KEY_HELP)] = "",
-    tls_client_ca: Annotated[str, typer.Option(envvar="GITSTAFETTE_TLS_CLIENT_CA", help=TLS_CLIENT_CA_HELP)] = "",
-    tls_reload_interval: Annotated[
-        str, typer.Option(envvar="GITSTAFETTE_TLS_RELOAD_INTERVAL", help=TLS_RELOAD_HELP)
-    ] = "5s",
-    webhook_secret: Annotated[
-        str, typer.Option(envvar="GITSTAFETTE_WEBHOOK_SECRET", help=WEBHOOK_SECRET_HELP, show_default=False)
-    ] = "",
-    webhook_secrets_file: Annotated[
-        str, typer.Option(envvar="GITSTAFETTE_WEBHOOK_SECRETS_FILE", help=WEBHOOK_SECRETS_FILE_HELP)
-    ] = "",
-    tokens_file: Annotated[str, typer.Option(envvar="GITSTAFETTE_TOKENS_FILE", help=TOKENS_FILE_HELP)] = "",
-    admin_token_file: Annotated[
-        str, typer.Option(envvar="GITSTAFETTE_ADMIN_TOKEN_FILE", help=ADMIN_TOKEN_FILE_HELP)
-    ] = "",
+    log_level: Annotated[str, common.LOG_LEVEL_OPTION] = "info",
+    log_format: Annotated[str, common.LOG_FORMAT_OPTION] = "auto",
+    event_loop: Annotated[str, common.EVENT_LOOP_OPTION] = "auto",
+    otel: Annotated[bool, common.OTEL_OPTION] = False,
+    sentry_dsn: Annotated[str, common.SENTRY_OPTION] = "",
+    tls_cert: Annotated[str, common.env("TLS_CERT", TLS_CERT_HELP)] = "",
+    tls_key: Annotated[str, common.env("TLS_KEY", TLS_KEY_HELP)] = "",
+    tls_client_ca: Annotated[str, common.env("TLS_CLIENT_CA", TLS_CLIENT_CA_HELP)] = "",
+    tls_reload_interval: Annotated[str, common.env("TLS_RELOAD_INTERVAL", TLS_RELOAD_HELP)] = "5s",
+    webhook_secret: Annotated[str, common.env("WEBHOOK_SECRET", WEBHOOK_SECRET_HELP, show_default=False)] = "",
+    webhook_secrets_file: Annotated[str, common.env("WEBHOOK_SECRETS_FILE", WEBHOOK_SECRETS_FILE_HELP)] = "",
+    tokens_file: Annotated[str, common.env("TOKENS_FILE", TOKENS_FILE_HELP)] = "",
+    admin_token_file: Annotated[str, common.env("ADMIN_TOKEN_FILE", ADMIN_TOKEN_FILE_HELP)] = "",
     max_streams_per_client: Annotated[
-        int, typer.Option(envvar="GITSTAFETTE_MAX_STREAMS_PER_CLIENT", help=MAX_STREAMS_HELP)
+        int, common.env("MAX_STREAMS_PER_CLIENT", MAX_STREAMS_HELP)
     ] = constants.DEFAULT_MAX_STREAMS_PER_CLIENT,
-    request_timeout: Annotated[
-        str, typer.Option(envvar="GITSTAFETTE_REQUEST_TIMEOUT", help=REQUEST_TIMEOUT_HELP)
-    ] = "30s",
-    max_header_size: Annotated[str, typer.Option(envvar="GITSTAFETTE_MAX_HEADER_SIZE", help=MAX_HEADER_HELP)] = "64KiB",
-    keep_alive_timeout: Annotated[
-        str, typer.Option(envvar="GITSTAFETTE_KEEP_ALIVE_TIMEOUT", help=KEEP_ALIVE_HELP)
-    ] = "5s",
-    ready_file: Annotated[
-        str,
-        typer.Option(
-            envvar="GITSTAFETTE_READY_FILE",
-            metavar="PATH",
-            help=READY_FILE_HELP,
-        ),
-    ] = "",
+    request_timeout: Annotated[str, common.env("REQUEST_TIMEOUT", REQUEST_TIMEOUT_HELP)] = "30s",
+    max_header_size: Annotated[str, common.env("MAX_HEADER_SIZE", MAX_HEADER_HELP)] = "64KiB",
+    keep_alive_timeout: Annotated[str, common.env("KEEP_ALIVE_TIMEOUT", KEEP_ALIVE_HELP)] = "5s",
+    ready_file: Annotated[str, common.env("READY_FILE", READY_FILE_HELP, metavar="PATH")] = "",
 ) -> None:
     """Receive GitHub webhooks over HTTP, store them, and stream them to clients over gRPC."""
     # gRPC's C core writes its own line for a port it cannot bind, outside our log; the server says why itself.
-    quiet_grpc_core("NONE")
+    common.quiet_grpc_core("NONE")
     from gitstafette.server.server import Server
 
     try:
@@ -182,13 +147,6 @@ def server(
             ready_file=ready_file,
         )
     except ConfigError as exc:
-        raise fail(exc) from exc
-    configure_logging(log_level, log_format)
-    try:
-        process = Server(config)
-        run(process.serve(), event_loop, lambda: process.unfinished_steps)
-    except ConfigError as exc:  # certificate files that cannot be used
-        raise fail(exc) from exc
-    except (OSError, StoreError) as exc:  # a port that cannot be bound, a store that cannot be opened
-        typer.echo(f"gitstafette: cannot start the server: {reason(exc)}", err=True)
-        raise typer.Exit(1) from exc
+        raise common.fail(exc) from exc
+    common.configure_logging(log_level, log_format)
+    common.serve("server", lambda: Server(config), event_loop, lambda process: process.unfinished_steps)
