@@ -30,6 +30,13 @@ __all__ = ["AuthError", "ConfigError", "GitstafetteError", "StoreError", "StoreU
 class GitstafetteError(Exception):
     """Base class of every error gitstafette raises on purpose."""
 
+    def __repr__(self) -> str:
+        """``WebhookRejected(status_code=400, detail='…')`` for an error that carries fields; else Exception's."""
+        fields = vars(self)
+        if not fields:
+            return super().__repr__()
+        return f"{type(self).__name__}({', '.join(f'{name}={value!r}' for name, value in fields.items())})"
+
 
 class ConfigError(GitstafetteError):
     """A configuration value is invalid; the message names it."""
@@ -43,9 +50,6 @@ class WebhookRejected(GitstafetteError):
         self.status_code = status_code
         self.detail = detail
 
-    def __repr__(self) -> str:
-        return f"WebhookRejected(status_code={self.status_code!r}, detail={self.detail!r})"
-
 
 class AuthError(GitstafetteError):
     """A call is refused: the gRPC status and a message for the caller (never containing a token)."""
@@ -54,9 +58,6 @@ class AuthError(GitstafetteError):
         super().__init__(message)
         self.code = code
         self.message = message
-
-    def __repr__(self) -> str:
-        return f"AuthError(code={self.code!r}, message={self.message!r})"
 
 
 class StoreError(GitstafetteError):

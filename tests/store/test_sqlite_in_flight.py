@@ -115,7 +115,7 @@ def _writer_held(store: SQLiteStore) -> Iterator[None]:
         started.set()
         release.wait(10)
 
-    store._queue(hold)
+    store._writer.queue(hold)
     assert started.wait(10), "the writer never took the holding write"
     try:
         yield

@@ -37,7 +37,7 @@ from gitstafette.store.base import AppendResult, EventStore, SequenceNotifier, p
 from gitstafette.store.sqlite import schema
 from gitstafette.store.sqlite.deliveries import StoredDeliveries
 from gitstafette.store.sqlite.errors import as_store_error
-from gitstafette.store.sqlite.writer import Checkpointer, GroupCommitWriter, Write
+from gitstafette.store.sqlite.writer import Checkpointer, GroupCommitWriter
 
 __all__ = ["SQLiteStore"]
 
@@ -167,16 +167,8 @@ class SQLiteStore(EventStore):
 
     # ---- writes ----------------------------------------------------------------------------------
 
-    def _queue(
-        self,
-        function: Callable[[sqlite3.Connection], Any],
-        durable: bool = True,
-        on_settled: Callable[[bool], None] | None = None,
-    ) -> Write:
-        return self._writer.queue(function, durable, on_settled)
-
     async def _write(self, function: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
-        result: T = await self._queue(function, durable).future
+        result: T = await self._writer.queue(function, durable).future
         return result
 
     @staticmethod
@@ -246,7 +238,7 @@ class SQLiteStore(EventStore):
             else:
                 self._recent.discard([stored])  # lost: the streams read the committed events instead
 
-        write = self._queue(functools.partial(self._insert_in_writer, event=stored), on_settled=settled)
+        write = self._writer.queue(functools.partial(self._insert_in_writer, event=stored), on_settled=settled)
         # Never given again in this process, even if its commit fails: it may have been streamed already.
         self._last_sequence[event.repository_id] = sequence
         self._storing[key] = (stored, write.future)
