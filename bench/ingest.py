@@ -485,7 +485,7 @@ def print_table(report: dict[str, Any]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = reporting.argument_parser(__doc__)
     target = parser.add_argument_group("server under test")
-    target.add_argument("--store", default="sqlite", help=processes.STORE_HELP)
+    processes.add_server_options(target)
     target.add_argument("--url", help="measure a running server at this HTTP base URL instead of starting one")
     target.add_argument("--grpc", help="with --url: its gRPC address host:port (default: the --url host, port 50051)")
     target.add_argument("--db", help="with --url: its SQLite file, to check that every 201 is in it")
@@ -525,6 +525,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     other.add_argument("--py-spy-rate", type=int, default=200, help="py-spy samples per second")
     reporting.add_report_options(other)
     args = parser.parse_args(argv)
+    args.checkout = args.src.parent if args.src else ROOT  # whose git state the report records
     for name in ("requests", "concurrency", "messages", "procs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
@@ -558,13 +559,14 @@ def start_target(args: argparse.Namespace, tmpdir: str, started: list[processes.
         }
         return Target(host, port, grpc_target, args.server_pid, args.db, config)
     store_url, db_path = processes.resolve_store(args.store, tmpdir)
-    server = processes.ServerUnderTest(store_url, args.server_log_level, args.server_arg)
+    server = processes.ServerUnderTest(store_url, args.server_log_level, args.server_arg, args.src)
     started.append(server)  # before start(): the caller stops it even if start() fails half-way
     server.start()
     config = {
         "server": f"started here (pid {server.pid}): HTTP {server.host}:{server.http_port}, "
         f"gRPC {server.host}:{server.grpc_port}, --log-level {args.server_log_level}",
         "store": store_url,
+        **({"src": str(args.src)} if args.src else {}),
     }
     grpc_target = f"{server.host}:{server.grpc_port}"
     return Target(server.host, server.http_port, grpc_target, server.pid, db_path, config, server)
@@ -619,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT / "src"))  # gitstafette._proto, when the package is not installed
     stamp = reporting.utc_stamp()
     report: dict[str, Any] = {"bench": "ingest", "time": stamp, "label": args.label}
-    report |= {"machine": reporting.machine(), "git": reporting.git_state()}
+    report |= {"machine": reporting.machine(), "git": reporting.git_state(args.checkout)}
     tmpdir = tempfile.mkdtemp(prefix="gitstafette-bench-")
     spy_folder = Path(tmpdir) if args.no_save else args.results
     exit_code = 0

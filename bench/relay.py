@@ -758,7 +758,7 @@ async def run(
             }
         else:
             store_url, _ = processes.resolve_store(args.store, tmpdir)
-            server = processes.ServerUnderTest(store_url, "warning", args.server_arg)
+            server = processes.ServerUnderTest(store_url, "warning", args.server_arg, args.src)
             started.append(server)
             await asyncio.to_thread(server.start)
             grpc_target = f"{server.host}:{server.grpc_port}"
@@ -766,7 +766,7 @@ async def run(
                        "--repositories", ",".join(args.repository_ids), "--client-id", args.client_id,
                        "--target", f"http://{target_host}:{target_port}/hook", "--health-host", "127.0.0.1",
                        "--health-port", "0", "--log-level", "warning", *args.client_arg]  # fmt: skip
-            client = processes.ClientUnderTest(command)
+            client = processes.ClientUnderTest(command, args.src)
             started.append(client)
             await asyncio.to_thread(client.start)
             setup = Setup(server.host, server.http_port, "/v1/github/", target_host, target_port,
@@ -777,11 +777,13 @@ async def run(
                 "server": f"pid {server.pid}: HTTP {server.host}:{server.http_port}, gRPC {grpc_target}",
                 "client": f"pid {client.pid}: health 127.0.0.1:{client.health_port}, client id {args.client_id}",
                 "store": store_url,
+                **({"src": str(args.src)} if args.src else {}),
                 "server_command": " ".join(server.command),
                 "client_command": " ".join(command),
             }
             report["client_connected"] = await asyncio.to_thread(client.wait_connected, 30)
-        report["git_at_start"] = reporting.git_state()  # the sources the processes just loaded (editable install)
+        # the sources the processes just loaded (--src, else the editable install)
+        report["git_at_start"] = reporting.git_state(args.checkout)
         setup.config["target"] = f"{target_host}:{target_port} (this process, {loop.__class__.__module__})"
         report["config"] = {
             **setup.config,
@@ -826,7 +828,7 @@ async def run(
             await asyncio.to_thread(process.stop, 30)
         target.close()
         shutil.rmtree(tmpdir, ignore_errors=True)
-        report["git_at_end"] = reporting.git_state()
+        report["git_at_end"] = reporting.git_state(args.checkout)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -952,7 +954,7 @@ def print_table(report: dict[str, Any]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = reporting.argument_parser(__doc__)
     under = parser.add_argument_group("what is measured")
-    under.add_argument("--store", default="sqlite", help=processes.STORE_HELP)
+    processes.add_server_options(under)
     under.add_argument("--ingest-url", help="use a server and client that already run: the server's webhook URL "
                        "(e.g. http://127.0.0.1:1323/v1/github/); needs --target-port")  # fmt: skip
     under.add_argument("--target-port", type=int, help="with --ingest-url: the port the running client delivers to "
@@ -998,6 +1000,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     other.add_argument("--no-uvloop", action="store_true", help="sender and target on the standard asyncio loop")
     reporting.add_report_options(other)
     args = parser.parse_args(argv)
+    args.checkout = args.src.parent if args.src else ROOT  # whose git state the report records
     if bool(args.ingest_url) != bool(args.target_port):
         parser.error("--ingest-url and --target-port go together")
     for name in ("latency_webhooks", "throughput_webhooks", "concurrency", "repositories"):

@@ -143,20 +143,21 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def git_state() -> dict[str, Any]:
-    """The commit measured: ``git rev-parse HEAD``, ``git status --short src``, and a hash of each changed file
-    (read-only git commands). Two of them, at the start and at the end, tell whether the sources changed."""
+def git_state(root: Path = ROOT) -> dict[str, Any]:
+    """The commit measured, of the checkout at ``root``: ``git rev-parse HEAD``, ``git status --short src``, and a
+    hash of each changed file (read-only git commands). Two of them, at the start and at the end, tell whether the
+    sources changed."""
 
     def git(*argv: str) -> str:
         try:
-            return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.rstrip()
+            return subprocess.run(["git", *argv], cwd=root, capture_output=True, text=True, timeout=10).stdout.rstrip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
     status = git("status", "--short", "--", "src")
     hashes: dict[str, str] = {}
     for line in status.splitlines():
-        path = ROOT / line[3:].strip()
+        path = root / line[3:].strip()
         if path.is_file():
             hashes[line[3:].strip()] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     return {"head": git("rev-parse", "HEAD") or None, "status_short_src": status, "changed_sha256_16": hashes}
