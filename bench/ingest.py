@@ -45,57 +45,24 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python bench/ingest.py`: the repository root, for bench._lib
     sys.path.insert(0, str(ROOT))
 
+from bench._lib import processes, sender  # noqa: E402
+from bench._lib import report as reporting  # noqa: E402
 from bench._lib.cpu import CpuWindow, PySpy, wait_quiet  # noqa: E402
-from bench._lib.processes import (  # noqa: E402
-    STORE_HELP,
-    ServerUnderTest,
-    raise_on_sigterm,
-    resolve_store,
-    server_counters,
-)
-from bench._lib.report import (  # noqa: E402
-    add_report_options,
-    argument_parser,
-    commit_text,
-    git_state,
-    latency_text,
-    machine,
-    pct,
-    percentiles,
-    print_goals,
-    print_profile,
-    rows,
-    utc_stamp,
-    write_report,
-)
-from bench._lib.sender import (  # noqa: E402
-    DEFAULT_FIXTURE,
-    REQUEST_TIMEOUT_S,
-    HttpConnection,
-    SenderSpec,
-    Webhook,
-    delivery_id,
-    has_uvloop,
-    run_senders,
-)
 
 GOAL_ACCEPTED_PER_S = 2000.0
 GOAL_STREAM_P50_MS = 1.0
-
-#: Index offsets of the delivery ids of measure 2 (the marker is 0, measured webhooks 1…).
-BASELINE_OFFSET = 1_000_000
 
 
 # ---------------------------------------------------------------------------------------------------
 # Measure 1: ingest throughput. The sender runs in this process, or in --procs processes.
 
 
-def _sender_specs(args: argparse.Namespace, host: str, port: int, base: int) -> list[SenderSpec]:
+def _sender_specs(args: argparse.Namespace, host: str, port: int, base: int) -> list[sender.SenderSpec]:
     procs = max(1, min(args.procs, args.concurrency))
     measured = list(range(args.warmup, args.warmup + args.requests))
     warmup = list(range(args.warmup))
     return [
-        SenderSpec(
+        sender.SenderSpec(
             host=host,
             port=port,
             path=args.path,
@@ -106,7 +73,7 @@ def _sender_specs(args: argparse.Namespace, host: str, port: int, base: int) -> 
             warmup=warmup[k::procs],
             connections=args.concurrency // procs + (1 if k < args.concurrency % procs else 0),
             uvloop=not args.no_uvloop,
-            timeout_s=REQUEST_TIMEOUT_S,
+            timeout_s=sender.REQUEST_TIMEOUT_S,
         )
         for k in range(procs)
     ]
@@ -117,7 +84,7 @@ def measure_ingest(args: argparse.Namespace, host: str, port: int, server_pid: i
     base = uuid.uuid4().int
     specs = _sender_specs(args, host, port, base)
     window = CpuWindow(server_pid)
-    results = run_senders(specs, args.phase_timeout, window.start)
+    results = sender.run_senders(specs, args.phase_timeout, window.start)
     window.stop()
 
     start, end = min(r.start for r in results), max(r.end for r in results)
@@ -142,8 +109,8 @@ def measure_ingest(args: argparse.Namespace, host: str, port: int, server_pid: i
         "requests": args.requests,
         "concurrency": args.concurrency,
         "sender_processes": len(specs),
-        "sender_loop": "uvloop" if specs[0].uvloop and has_uvloop() else "asyncio",
-        "body_bytes": Webhook.build(Path(args.fixture), host, port, args.path).body_bytes,
+        "sender_loop": "uvloop" if specs[0].uvloop and sender.has_uvloop() else "asyncio",
+        "body_bytes": sender.Webhook.build(Path(args.fixture), host, port, args.path).body_bytes,
         "warmup_requests": args.warmup,
         "warmup_statuses": {str(k): v for k, v in sorted(warmup_statuses.items())},
         "wall_s": round(wall, 4),
@@ -153,19 +120,22 @@ def measure_ingest(args: argparse.Namespace, host: str, port: int, server_pid: i
         "statuses": {str(k) if k else "error": v for k, v in sorted(counts.items())},
         "transport_errors": dict(errors),
         "reconnects": sum(r.reconnects for r in results),
-        "latency": percentiles(latencies),
+        "latency": reporting.percentiles(latencies),
         "accepted_each_second": per_second,
         "sender_cpu_s": round(sender_cpu, 3),
-        "sender_cpu_pct_of_one_core": pct(sender_cpu, wall),
+        "sender_cpu_pct_of_one_core": reporting.pct(sender_cpu, wall),
         "sender_cpu_us_per_request": round(1e6 * sender_cpu / max(1, len(statuses)), 1),
         "server_cpu": server_cpu,
         "machine_cpu": window.machine(sender_cpu + (server_cpu or {}).get("cpu_s", 0.0)),
-        "_accepted_ids": {delivery_id(base, i) for i, s in statuses.items() if s == 201},
+        "_accepted_ids": {sender.delivery_id(base, i) for i, s in statuses.items() if s == 201},
     }
 
 
 # ---------------------------------------------------------------------------------------------------
 # Measure 2: POST → stream latency
+
+#: Index offsets of the delivery ids of measure 2 (the marker is 0, measured webhooks 1…).
+BASELINE_OFFSET = 1_000_000
 
 
 class StreamProbe:
@@ -173,8 +143,8 @@ class StreamProbe:
 
     def __init__(self, args: argparse.Namespace, host: str, port: int, profiler: Callable[[], PySpy | None]) -> None:
         self.args = args
-        self.webhook = Webhook.build(Path(args.fixture), host, port, args.path, args.secret)
-        self.http = HttpConnection(host, port)
+        self.webhook = sender.Webhook.build(Path(args.fixture), host, port, args.path, args.secret)
+        self.http = sender.HttpConnection(host, port)
         self.profiler = profiler
         self.base = uuid.uuid4().int
         self.client_id = f"bench-{uuid.uuid4().hex[:8]}"
@@ -187,15 +157,15 @@ class StreamProbe:
 
     async def post(self, index: int) -> tuple[int, bytes, float]:
         """POST webhook ``index``: (status, body, perf_counter() just before the request was written)."""
-        request = self.webhook.request(delivery_id(self.base, index))
+        request = self.webhook.request(sender.delivery_id(self.base, index))
         started = time.perf_counter()
-        async with asyncio.timeout(REQUEST_TIMEOUT_S):
+        async with asyncio.timeout(sender.REQUEST_TIMEOUT_S):
             status, body = await self.http.exchange(request)
         return status, body, started
 
     def expect(self, index: int) -> asyncio.Future[float]:
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self.waiting[delivery_id(self.base, index)] = future
+        self.waiting[sender.delivery_id(self.base, index)] = future
         return future
 
     def arrived(self, delivery: str, at: float) -> None:
@@ -310,9 +280,9 @@ class StreamProbe:
             if measured:
                 statuses[status] += 1
             if status != 201:
-                self.waiting.pop(delivery_id(self.base, index), None)
+                self.waiting.pop(sender.delivery_id(self.base, index), None)
                 continue
-            at = await self.arrival(future, REQUEST_TIMEOUT_S)
+            at = await self.arrival(future, sender.REQUEST_TIMEOUT_S)
             if measured:
                 to_stream.append(at - started)
                 to_201.append(answered - started)
@@ -358,9 +328,9 @@ class StreamProbe:
             "warmup_messages": self.args.warmup_stream,
             "gap_ms": self.args.gap_ms,
             "statuses": {str(k): v for k, v in sorted(statuses.items())},
-            "post_to_stream": percentiles(to_stream),
-            "post_to_201": percentiles(to_201),
-            "baseline_post_to_201_no_stream": percentiles(baseline),
+            "post_to_stream": reporting.percentiles(to_stream),
+            "post_to_201": reporting.percentiles(to_201),
+            "baseline_post_to_201_no_stream": reporting.percentiles(baseline),
             "baseline_statuses": {str(k): v for k, v in sorted(baseline_statuses.items())},
             "events_seen": self.seen["event"],
             "redeliveries_seen": self.seen["redeliveries"],
@@ -422,7 +392,7 @@ def _print_header(report: dict[str, Any]) -> None:
     print(f"  server   {cfg.get('server', '?')}")
     print(f"  store    {cfg.get('store', '?')}")
     if g.get("head"):
-        print(f"  commit   {commit_text(g)}")
+        print(f"  commit   {reporting.commit_text(g)}")
     for key in ("quiet_before_ingest", "quiet_before_stream"):
         if q := report.get(key):
             state = "" if q["quiet"] else " (NOT quiet: figures are low)"
@@ -445,7 +415,7 @@ def _print_ingest(report: dict[str, Any], ingest: dict[str, Any]) -> None:
          f"goal >= {GOAL_ACCEPTED_PER_S:,.0f}" + (" with SQLite" if sqlite else "")),
         ("statuses", ", ".join(f"{k}: {v}" for k, v in ingest["statuses"].items()), ""),
         ("wall time", f"{ingest['wall_s']:.3f} s", ""),
-        ("POST latency p50 / p90 / p99 / max", latency_text(ingest["latency"]), ""),
+        ("POST latency p50 / p90 / p99 / max", reporting.latency_text(ingest["latency"]), ""),
         ("sender CPU", f"{ingest['sender_cpu_s']:.2f} s = {ingest['sender_cpu_pct_of_one_core']:.0f} % of one core",
          f"{ingest['sender_cpu_us_per_request']:.0f} us/request"),
     ]  # fmt: skip
@@ -471,7 +441,7 @@ def _print_ingest(report: dict[str, Any], ingest: dict[str, Any]) -> None:
                      "all durable" if not dur["missing"] else f"{dur['missing']} MISSING"))  # fmt: skip
     if report.get("server_counters"):
         table.append(("server's own counters", json.dumps(report["server_counters"]), "warm-up included"))
-    rows(table)
+    reporting.rows(table)
 
 
 def _print_stream(stream: dict[str, Any]) -> None:
@@ -479,12 +449,12 @@ def _print_stream(stream: dict[str, Any]) -> None:
     gap = f", {stream['gap_ms']:g} ms apart" if stream.get("gap_ms") else ""
     print(f"Measure 2 - POST -> stream: {stream['messages']} webhooks one at a time{gap}, {stream['rpc']}")
     table = [
-        ("POST -> event on stream p50 / p90 / p99 / max", latency_text(stream["post_to_stream"]),
+        ("POST -> event on stream p50 / p90 / p99 / max", reporting.latency_text(stream["post_to_stream"]),
          f"goal p50 < {GOAL_STREAM_P50_MS:g} ms"),
-        ("POST -> 201 answer p50 / p90 / p99 / max", latency_text(stream["post_to_201"]), "same requests"),
+        ("POST -> 201 answer p50 / p90 / p99 / max", reporting.latency_text(stream["post_to_201"]), "same requests"),
     ]  # fmt: skip
     if (baseline := stream["baseline_post_to_201_no_stream"])["n"]:
-        table.append(("POST -> 201 with no stream open", latency_text(baseline),
+        table.append(("POST -> 201 with no stream open", reporting.latency_text(baseline),
                      f"baseline: {baseline['n']} requests before the stream was opened"))  # fmt: skip
     table.append(("statuses", ", ".join(f"{k}: {v}" for k, v in stream["statuses"].items()), ""))
     table.append(("events / acks / redeliveries seen",
@@ -493,7 +463,7 @@ def _print_stream(stream: dict[str, Any]) -> None:
     if backlog["events"]:
         table.append(("backlog replayed before measuring", f"{backlog['events']} events in {backlog['seconds']:.2f} s",
                      f"{backlog['events_per_s']:,.0f} events/s, acknowledged one by one"))  # fmt: skip
-    rows(table)
+    reporting.rows(table)
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -502,10 +472,10 @@ def print_table(report: dict[str, Any]) -> None:
         _print_ingest(report, ingest)
     if stream := report.get("stream"):
         _print_stream(stream)
-    print_goals(report.get("goals") or {})
+    reporting.print_goals(report.get("goals") or {})
     for name, spy in (("measure 1", report.get("py_spy")), ("measure 2", (stream or {}).get("py_spy"))):
         if spy and spy.get("top_self"):
-            print_profile("server", name, spy)
+            reporting.print_profile("server", name, spy)
     print()
 
 
@@ -513,9 +483,9 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argument_parser(__doc__)
+    parser = reporting.argument_parser(__doc__)
     target = parser.add_argument_group("server under test")
-    target.add_argument("--store", default="sqlite", help=STORE_HELP)
+    processes.add_server_options(target)
     target.add_argument("--url", help="measure a running server at this HTTP base URL instead of starting one")
     target.add_argument("--grpc", help="with --url: its gRPC address host:port (default: the --url host, port 50051)")
     target.add_argument("--db", help="with --url: its SQLite file, to check that every 201 is in it")
@@ -525,7 +495,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     target.add_argument("--server-arg", action="append", default=[], help="extra argument for the server (repeat it)")
     target.add_argument("--path", default="/v1/github/", help="webhook path")
     target.add_argument("--secret", default="", help="sign each webhook with this secret (X-Hub-Signature-256)")
-    target.add_argument("--fixture", type=Path, default=DEFAULT_FIXTURE, help="webhook payload (a repository event)")
+    target.add_argument(
+        "--fixture", type=Path, default=sender.DEFAULT_FIXTURE, help="webhook payload (a repository event)"
+    )
     m1 = parser.add_argument_group("measure 1: ingest throughput")
     m1.add_argument("-n", "--requests", type=int, default=5000, help="webhooks to send")
     m1.add_argument("-c", "--concurrency", type=int, default=32, help="concurrent senders (one connection each)")
@@ -551,8 +523,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     other.add_argument("--py-spy", action="store_true", help="profile the server with py-spy (pip install py-spy) "
                        "during measure 1 and the measured part of measure 2; needs ptrace rights")  # fmt: skip
     other.add_argument("--py-spy-rate", type=int, default=200, help="py-spy samples per second")
-    add_report_options(other)
+    reporting.add_report_options(other)
     args = parser.parse_args(argv)
+    args.checkout = args.src.parent if args.src else ROOT  # whose git state the report records
     for name in ("requests", "concurrency", "messages", "procs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
@@ -571,10 +544,10 @@ class Target:
     pid: int | None
     db_path: str | None
     config: dict[str, Any]
-    server: ServerUnderTest | None = None
+    server: processes.ServerUnderTest | None = None
 
 
-def start_target(args: argparse.Namespace, tmpdir: str, started: list[ServerUnderTest]) -> Target:
+def start_target(args: argparse.Namespace, tmpdir: str, started: list[processes.ServerUnderTest]) -> Target:
     """The server to measure: the one at ``--url``, or one started here (appended to ``started``)."""
     if args.url:
         parts = urlsplit(args.url)
@@ -585,14 +558,15 @@ def start_target(args: argparse.Namespace, tmpdir: str, started: list[ServerUnde
             "store": f"sqlite:///{args.db}" if args.db else "(unknown)",
         }
         return Target(host, port, grpc_target, args.server_pid, args.db, config)
-    store_url, db_path = resolve_store(args.store, tmpdir)
-    server = ServerUnderTest(store_url, args.server_log_level, args.server_arg)
+    store_url, db_path = processes.resolve_store(args.store, tmpdir)
+    server = processes.ServerUnderTest(store_url, args.server_log_level, args.server_arg, args.src)
     started.append(server)  # before start(): the caller stops it even if start() fails half-way
     server.start()
     config = {
         "server": f"started here (pid {server.pid}): HTTP {server.host}:{server.http_port}, "
         f"gRPC {server.host}:{server.grpc_port}, --log-level {args.server_log_level}",
         "store": store_url,
+        **({"src": str(args.src)} if args.src else {}),
     }
     grpc_target = f"{server.host}:{server.grpc_port}"
     return Target(server.host, server.http_port, grpc_target, server.pid, db_path, config, server)
@@ -615,9 +589,9 @@ def run_measures(
                 report["py_spy"] = spy.stop()
         accepted = ingest.pop("_accepted_ids")
         report["ingest"] = ingest
-        repository_id = Webhook.build(Path(args.fixture), target.host, target.port, args.path).repository_id
+        repository_id = sender.Webhook.build(Path(args.fixture), target.host, target.port, args.path).repository_id
         report["durability"] = durability(target.db_path, repository_id, accepted)
-        report["server_counters"] = server_counters(f"http://{target.host}:{target.port}")
+        report["server_counters"] = processes.server_counters(f"http://{target.host}:{target.port}")
         ok = (ingest["accepted_per_s"] or 0) >= GOAL_ACCEPTED_PER_S and ingest["accepted"] == args.requests
         goals[f"ingest >= {GOAL_ACCEPTED_PER_S:,.0f}/s, every webhook 201"] = ok
         if report["durability"].get("checked"):
@@ -637,18 +611,17 @@ def run_measures(
 
 def _save(args: argparse.Namespace, report: dict[str, Any], stamp: str) -> None:
     store = report.get("config", {}).get("store", "x").split(":")[0].strip("(") or "x"
-    write_report(report, args.results, f"ingest-{store}-{stamp}.json", not args.no_save)
+    reporting.write_report(report, args.results, f"ingest-{store}-{stamp}.json", not args.no_save)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    started: list[ServerUnderTest] = []
-    signal.signal(signal.SIGTERM, raise_on_sigterm)  # so that `finally` stops the server
+    started: list[processes.ServerUnderTest] = []
+    signal.signal(signal.SIGTERM, processes.raise_on_sigterm)  # so that `finally` stops the server
     sys.path.insert(0, str(ROOT / "src"))  # gitstafette._proto, when the package is not installed
-    stamp = utc_stamp()
-    report: dict[str, Any] = {
-        "bench": "ingest", "time": stamp, "label": args.label, "machine": machine(), "git": git_state(),
-    }  # fmt: skip
+    stamp = reporting.utc_stamp()
+    report: dict[str, Any] = {"bench": "ingest", "time": stamp, "label": args.label}
+    report |= {"machine": reporting.machine(), "git": reporting.git_state(args.checkout)}
     tmpdir = tempfile.mkdtemp(prefix="gitstafette-bench-")
     spy_folder = Path(tmpdir) if args.no_save else args.results
     exit_code = 0
@@ -661,12 +634,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         spy_folder.mkdir(parents=True, exist_ok=True)
         run_measures(args, target, report, lambda name: spy_folder / f"ingest-{stamp}-{name}-pyspy.txt")
-    except KeyboardInterrupt:
-        report["error"] = "interrupted"
-        exit_code = 130
-    except Exception as exc:
-        report["error"] = f"{type(exc).__name__}: {exc}"
-        exit_code = 1
+    except (KeyboardInterrupt, Exception) as exc:
+        exit_code = reporting.record_failure(report, exc)
     finally:
         for server in started:
             server.stop()

@@ -43,40 +43,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python bench/relay.py`: the repository root, for bench._lib
     sys.path.insert(0, str(ROOT))
 
+from bench._lib import processes, sender  # noqa: E402
+from bench._lib import report as reporting  # noqa: E402
 from bench._lib.cpu import CpuWindow, PySpy, self_cpu, wait_quiet  # noqa: E402
-from bench._lib.processes import (  # noqa: E402
-    STORE_HELP,
-    ClientUnderTest,
-    ServerUnderTest,
-    client_counters,
-    raise_on_sigterm,
-    resolve_store,
-    server_counters,
-)
-from bench._lib.report import (  # noqa: E402
-    add_report_options,
-    argument_parser,
-    commit_text,
-    git_state,
-    latency_text,
-    machine,
-    pct,
-    percentiles,
-    print_goals,
-    print_profile,
-    rows,
-    utc_stamp,
-    write_report,
-)
-from bench._lib.sender import (  # noqa: E402
-    DEFAULT_FIXTURE,
-    MAX_RECONNECTS,
-    REQUEST_TIMEOUT_S,
-    HttpConnection,
-    Webhook,
-    delivery_id,
-    has_uvloop,
-)
 from bench._lib.target import CHECKED_HEADERS, Recorder, digest, start_target  # noqa: E402
 
 GOAL_LATENCY_P50_MS = 1.0
@@ -111,7 +80,7 @@ class Webhooks:
         unique_bodies: bool,
         base: int,
     ) -> None:
-        plain = Webhook.build(fixture, host, port, path)
+        plain = sender.Webhook.build(fixture, host, port, path)
         fixture_body = fixture.read_bytes()
         self.base = base
         self.repositories = repositories
@@ -153,7 +122,7 @@ class Webhooks:
             self._expected_headers.append(values)
 
     def delivery(self, index: int) -> str:
-        return delivery_id(self.base, index)
+        return sender.delivery_id(self.base, index)
 
     def repository(self, index: int) -> str:
         return self.repositories[index % len(self.repositories)]
@@ -190,7 +159,7 @@ class Sequential:
 
 
 async def one_at_a_time(
-    connection: HttpConnection,
+    connection: sender.HttpConnection,
     webhooks: Webhooks,
     recorder: Recorder,
     indices: range,
@@ -215,10 +184,8 @@ async def one_at_a_time(
         arrival = recorder.expect(delivery)
         started = time.perf_counter_ns()
         try:
-            async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                status, _ = await connection.exchange(request)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, TimeoutError) as exc:
-            connection.close()
+            status, _ = await connection.exchange_within(request, sender.REQUEST_TIMEOUT_S)
+        except sender.TRANSPORT_ERRORS as exc:
             recorder.forget(delivery)
             if measured:
                 result.statuses[0] += 1
@@ -274,8 +241,8 @@ def _check_arrivals(
 def sequential_figures(result: Sequential) -> dict[str, Any]:
     return {
         "statuses": {str(k) if k else "error": v for k, v in sorted(result.statuses.items())},
-        "post_to_target": percentiles(result.to_target),
-        "post_to_answer": percentiles(result.to_answer),
+        "post_to_target": reporting.percentiles(result.to_target),
+        "post_to_answer": reporting.percentiles(result.to_answer),
         "arrived_before_answer": result.arrived_before_answer,
         "lost": result.lost,
         "duplicated": result.duplicated,
@@ -320,14 +287,14 @@ async def concurrent_send(
 ) -> None:
     """``concurrency`` keep-alive connections take the next webhook as soon as their previous answer arrived;
     with ``rate``, webhook k is not sent before k / rate seconds after the start (an open-loop load)."""
-    connections = [HttpConnection(host, port) for _ in range(concurrency)]
+    connections = [sender.HttpConnection(host, port) for _ in range(concurrency)]
     async with asyncio.timeout(30):
         await asyncio.gather(*(c.connect() for c in connections))
     requests = [webhooks.request(i, d) for i, d in zip(log.indices, log.ids, strict=True)]
     work: Iterator[int] = iter(range(len(log.indices)))
     begin = time.perf_counter()
 
-    async def sender(connection: HttpConnection) -> None:
+    async def send_on(connection: sender.HttpConnection) -> None:
         reconnects = 0
         for k in work:
             if time.monotonic() > deadline:
@@ -338,10 +305,8 @@ async def concurrent_send(
             started = time.perf_counter_ns()
             log.started_ns[k] = started
             try:
-                async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                    status, body = await connection.exchange(requests[k])
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, TimeoutError) as exc:
-                connection.close()
+                status, body = await connection.exchange_within(requests[k], sender.REQUEST_TIMEOUT_S)
+            except sender.TRANSPORT_ERRORS as exc:
                 log.errors[type(exc).__name__] += 1
                 status, body = 0, b""
                 reconnects += 1
@@ -351,12 +316,12 @@ async def concurrent_send(
             if status == ok_status == 201:
                 with contextlib.suppress(ValueError, KeyError, TypeError):
                     log.sequence[k] = int(json.loads(body)["sequence"])
-            if reconnects > MAX_RECONNECTS:
+            if reconnects > sender.MAX_RECONNECTS:
                 log.errors["gave-up"] += 1
                 return
 
     try:
-        await asyncio.gather(*(sender(c) for c in connections))
+        await asyncio.gather(*(send_on(c) for c in connections))
     finally:
         for c in connections:
             c.close()
@@ -448,8 +413,8 @@ def concurrent_figures(log: SendLog, webhooks: Webhooks, recorder: Recorder, ok_
         "arrived": arrived,
         "delivered_per_s": round(arrived / deliver_wall, 1) if deliver_wall > 0 else None,
         "deliver_wall_s": round(deliver_wall, 4),
-        "end_to_end": percentiles(latencies),
-        "post_to_answer": percentiles(answer_latencies),
+        "end_to_end": reporting.percentiles(latencies),
+        "post_to_answer": reporting.percentiles(answer_latencies),
         "lost": lost,
         "duplicated": duplicated,
         "extra_arrivals": extra_arrivals,
@@ -476,8 +441,8 @@ class Setup:
     server_pid: int | None = None
     client_pid: int | None = None
     client_health_port: int | None = None
-    server: ServerUnderTest | None = None
-    client: ClientUnderTest | None = None
+    server: processes.ServerUnderTest | None = None
+    client: processes.ClientUnderTest | None = None
     config: dict[str, Any] = field(default_factory=dict)
 
     def alive(self) -> None:
@@ -517,7 +482,7 @@ class LoopLag:
     def stop(self) -> dict[str, Any]:
         if self.task is not None:
             self.task.cancel()
-        return percentiles(self.samples)
+        return reporting.percentiles(self.samples)
 
 
 class Cpu:
@@ -554,7 +519,7 @@ class Cpu:
             "client": client,
             "bench_sender_and_target": {
                 "cpu_s": round(self.bench_s, 3),
-                "cpu_pct": pct(self.bench_s, wall),
+                "cpu_pct": reporting.pct(self.bench_s, wall),
                 "us_per_event": round(1e6 * self.bench_s / max(1, events), 1),
                 "loop_lag": self.lag_figures,
             },
@@ -589,7 +554,7 @@ async def measure_latency(
     gap = args.gap_ms / 1000
 
     cpu = Cpu(setup)
-    connection = HttpConnection(setup.server_host, setup.server_port)
+    connection = sender.HttpConnection(setup.server_host, setup.server_port)
     try:
         # Warm-up outside the CPU window and the profile.
         await one_at_a_time(connection, relay, recorder, range(0, warmup), warmup, 201,
@@ -604,7 +569,7 @@ async def measure_latency(
             profiles = _stop_spies(spies)
     finally:
         connection.close()
-    connection = HttpConnection(setup.target_host, setup.target_port)
+    connection = sender.HttpConnection(setup.target_host, setup.target_port)
     try:
         offset = 10_000_000  # other delivery ids than the relayed ones
         floor = await one_at_a_time(connection, direct, recorder, range(offset, offset + warmup + n), warmup, 200,
@@ -735,15 +700,13 @@ async def wait_relay_ready(setup: Setup, recorder: Recorder, repository: str, fi
                         uuid.uuid4().int)  # fmt: skip
     delivery = webhooks.delivery(0)
     arrival = recorder.expect(delivery)
-    connection = HttpConnection(setup.server_host, setup.server_port)
+    connection = sender.HttpConnection(setup.server_host, setup.server_port)
     try:
         while True:  # the same delivery id again until the server answers: it is stored once
             setup.alive()
             try:
-                async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                    status, body = await connection.exchange(webhooks.request(0, delivery))
-            except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError):
-                connection.close()
+                status, body = await connection.exchange_within(webhooks.request(0, delivery), sender.REQUEST_TIMEOUT_S)
+            except sender.TRANSPORT_ERRORS:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the server did not answer within {timeout} s") from None
                 await asyncio.sleep(0.2)
@@ -766,7 +729,9 @@ async def wait_relay_ready(setup: Setup, recorder: Recorder, repository: str, fi
         connection.close()
 
 
-async def run(args: argparse.Namespace, report: dict[str, Any], stamp: str, started: list[ServerUnderTest]) -> None:
+async def run(
+    args: argparse.Namespace, report: dict[str, Any], stamp: str, started: list[processes.ServerUnderTest]
+) -> None:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -792,8 +757,8 @@ async def run(args: argparse.Namespace, report: dict[str, Any], stamp: str, star
                 "store": args.store_label or "(external)",
             }
         else:
-            store_url, _ = resolve_store(args.store, tmpdir)
-            server = ServerUnderTest(store_url, "warning", args.server_arg)
+            store_url, _ = processes.resolve_store(args.store, tmpdir)
+            server = processes.ServerUnderTest(store_url, "warning", args.server_arg, args.src)
             started.append(server)
             await asyncio.to_thread(server.start)
             grpc_target = f"{server.host}:{server.grpc_port}"
@@ -801,7 +766,7 @@ async def run(args: argparse.Namespace, report: dict[str, Any], stamp: str, star
                        "--repositories", ",".join(args.repository_ids), "--client-id", args.client_id,
                        "--target", f"http://{target_host}:{target_port}/hook", "--health-host", "127.0.0.1",
                        "--health-port", "0", "--log-level", "warning", *args.client_arg]  # fmt: skip
-            client = ClientUnderTest(command)
+            client = processes.ClientUnderTest(command, args.src)
             started.append(client)
             await asyncio.to_thread(client.start)
             setup = Setup(server.host, server.http_port, "/v1/github/", target_host, target_port,
@@ -812,11 +777,13 @@ async def run(args: argparse.Namespace, report: dict[str, Any], stamp: str, star
                 "server": f"pid {server.pid}: HTTP {server.host}:{server.http_port}, gRPC {grpc_target}",
                 "client": f"pid {client.pid}: health 127.0.0.1:{client.health_port}, client id {args.client_id}",
                 "store": store_url,
+                **({"src": str(args.src)} if args.src else {}),
                 "server_command": " ".join(server.command),
                 "client_command": " ".join(command),
             }
             report["client_connected"] = await asyncio.to_thread(client.wait_connected, 30)
-        report["git_at_start"] = git_state()  # the sources the processes just loaded (editable install)
+        # the sources the processes just loaded (--src, else the editable install)
+        report["git_at_start"] = reporting.git_state(args.checkout)
         setup.config["target"] = f"{target_host}:{target_port} (this process, {loop.__class__.__module__})"
         report["config"] = {
             **setup.config,
@@ -845,9 +812,9 @@ async def run(args: argparse.Namespace, report: dict[str, Any], stamp: str, star
         report["goals"] = goals(report)
         if setup.server_port:
             report["server_counters"] = await asyncio.to_thread(
-                server_counters, f"http://{setup.server_host}:{setup.server_port}"
+                processes.server_counters, f"http://{setup.server_host}:{setup.server_port}"
             )
-        report["client_counters"] = await asyncio.to_thread(client_counters, setup.client_health_port)
+        report["client_counters"] = await asyncio.to_thread(processes.client_counters, setup.client_health_port)
         report["target"] = {
             "requests": recorder.requests,
             "connections": recorder.connections,
@@ -861,7 +828,7 @@ async def run(args: argparse.Namespace, report: dict[str, Any], stamp: str, star
             await asyncio.to_thread(process.stop, 30)
         target.close()
         shutil.rmtree(tmpdir, ignore_errors=True)
-        report["git_at_end"] = git_state()
+        report["git_at_end"] = reporting.git_state(args.checkout)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -896,7 +863,7 @@ def _print_header(report: dict[str, Any]) -> None:
         print(f"  {key:<7}  {cfg.get(key, '?')}")
     g = report.get("git_at_start") or report.get("git_at_end") or {}
     if g.get("head"):
-        print(f"  commit   {commit_text(g)}")
+        print(f"  commit   {reporting.commit_text(g)}")
         end = report.get("git_at_end") or {}
         if end and (end.get("head"), end.get("changed_sha256_16")) != (g.get("head"), g.get("changed_sha256_16")):
             print("  NOTE     the sources changed during the run (see git_at_start / git_at_end in the JSON)")
@@ -917,18 +884,18 @@ def _print_latency(a: dict[str, Any]) -> None:
     ratio = a["ratio_relay_to_direct"]
     before = f"{r['arrived_before_answer']} of {r['post_to_target']['n']}"
     table = [
-        ("relay: POST -> target received", latency_text(r["post_to_target"]),
+        ("relay: POST -> target received", reporting.latency_text(r["post_to_target"]),
          f"p50/p90/p99/max; goal p50 <= {GOAL_LATENCY_P50_MS:g} ms, p99 <= {GOAL_LATENCY_P99_MS:g} ms"),
-        ("relay: POST -> 201 answer", latency_text(r["post_to_answer"]),
+        ("relay: POST -> 201 answer", reporting.latency_text(r["post_to_answer"]),
          f"the event reached the target before the 201 in {before}"),
-        ("direct: POST -> target received", latency_text(d["post_to_target"]), "the floor: no relay"),
+        ("direct: POST -> target received", reporting.latency_text(d["post_to_target"]), "the floor: no relay"),
         ("relay / direct", f"p50 x{ratio['p50']}, p99 x{ratio['p99']}", ""),
         ("statuses relay | direct", f"{r['statuses']} | {d['statuses']}", ""),
         ("lost / duplicated / body / header mismatches", _count_text(r, ("lost", "duplicated",
          "body_mismatches", "header_mismatches")), "relay"),
         ("CPU during the relay part", _cpu_text(a["cpu_relay_part"]), ""),
     ]  # fmt: skip
-    rows(table)
+    reporting.rows(table)
 
 
 def _print_throughput(b: dict[str, Any]) -> None:
@@ -942,9 +909,9 @@ def _print_throughput(b: dict[str, Any]) -> None:
          f"{r['accept_wall_s']:.2f} s"),
         ("delivered per second", f"{r['delivered_per_s'] or 0:,.0f}",
          f"first POST to last arrival, {r['deliver_wall_s']:.2f} s; goal >= {GOAL_DELIVERED_PER_S:,.0f}"),
-        ("end-to-end p50 / p90 / p99 / max", latency_text(r["end_to_end"]),
+        ("end-to-end p50 / p90 / p99 / max", reporting.latency_text(r["end_to_end"]),
          f"goal p50 < {GOAL_THROUGHPUT_P50_MS:g} ms"),
-        ("POST -> 201 p50 / p90 / p99 / max", latency_text(r["post_to_answer"]), ""),
+        ("POST -> 201 p50 / p90 / p99 / max", reporting.latency_text(r["post_to_answer"]), ""),
         ("lost / duplicated / out of order", _count_text(r, ("lost", "duplicated", "out_of_order")),
          "out of order: arrived after a later sequence of its repository"),
         ("body / header mismatches", _count_text(r, ("body_mismatches", "header_mismatches")), ""),
@@ -953,13 +920,13 @@ def _print_throughput(b: dict[str, Any]) -> None:
         ("CPU", _cpu_text(r["cpu"]), ""),
         ("direct: answered (200) per second", f"{d['accepted_per_s'] or 0:,.0f}", "the floor: same load, "
          "straight to the target"),
-        ("direct: POST -> target p50 / p90 / p99 / max", latency_text(d["end_to_end"]),
+        ("direct: POST -> target p50 / p90 / p99 / max", reporting.latency_text(d["end_to_end"]),
          f"lost {d['lost']}, body mismatches {d['body_mismatches']}"),
         ("relay / direct", f"end-to-end p50 x{b['ratio_relay_to_direct']['p50']}, "
          f"p99 x{b['ratio_relay_to_direct']['p99']}",
          f"the direct floor passes x{b['ratio_direct_to_relay_per_s']} the relay's deliveries per second"),
     ]  # fmt: skip
-    rows(table)
+    reporting.rows(table)
 
 
 def _print_profiles(report: dict[str, Any]) -> None:
@@ -970,7 +937,7 @@ def _print_profiles(report: dict[str, Any]) -> None:
             if not spy.get("top_self"):
                 continue
             during = f"measure {'A' if measure == 'latency' else 'B'}"
-            print_profile(role, during, spy, threads=4, own=10, inclusive=12)
+            reporting.print_profile(role, during, spy, threads=4, own=10, inclusive=12)
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -979,15 +946,15 @@ def print_table(report: dict[str, Any]) -> None:
         _print_latency(a)
     if b := report.get("throughput"):
         _print_throughput(b)
-    print_goals(report.get("goals") or {})
+    reporting.print_goals(report.get("goals") or {})
     _print_profiles(report)
     print()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argument_parser(__doc__)
+    parser = reporting.argument_parser(__doc__)
     under = parser.add_argument_group("what is measured")
-    under.add_argument("--store", default="sqlite", help=STORE_HELP)
+    processes.add_server_options(under)
     under.add_argument("--ingest-url", help="use a server and client that already run: the server's webhook URL "
                        "(e.g. http://127.0.0.1:1323/v1/github/); needs --target-port")  # fmt: skip
     under.add_argument("--target-port", type=int, help="with --ingest-url: the port the running client delivers to "
@@ -1001,7 +968,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     under.add_argument("--client-id", default="bench", help="--client-id of the client started here")
     under.add_argument("--server-arg", action="append", default=[], help="extra argument for the server (repeat)")
     under.add_argument("--client-arg", action="append", default=[], help="extra argument for the client (repeat)")
-    under.add_argument("--fixture", type=Path, default=DEFAULT_FIXTURE, help="webhook payload (a repository event)")
+    under.add_argument(
+        "--fixture", type=Path, default=sender.DEFAULT_FIXTURE, help="webhook payload (a repository event)"
+    )
     a = parser.add_argument_group("measure A: latency")
     a.add_argument("-n", "--latency-webhooks", type=int, default=1000, help="webhooks sent one at a time")
     a.add_argument("--latency-warmup", type=int, default=20, help="webhooks sent first, not measured")
@@ -1029,8 +998,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        "relayed part of each measure (needs ptrace rights)")  # fmt: skip
     other.add_argument("--py-spy-rate", type=int, default=200, help="py-spy samples per second")
     other.add_argument("--no-uvloop", action="store_true", help="sender and target on the standard asyncio loop")
-    add_report_options(other)
+    reporting.add_report_options(other)
     args = parser.parse_args(argv)
+    args.checkout = args.src.parent if args.src else ROOT  # whose git state the report records
     if bool(args.ingest_url) != bool(args.target_port):
         parser.error("--ingest-url and --target-port go together")
     for name in ("latency_webhooks", "throughput_webhooks", "concurrency", "repositories"):
@@ -1052,27 +1022,23 @@ def _store_name(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, raise_on_sigterm)  # outside the event loop: so that `finally` stops them
-    stamp = utc_stamp()
-    info = machine()
-    info["loop"] = "uvloop" if has_uvloop() and not args.no_uvloop else "asyncio"
+    signal.signal(signal.SIGTERM, processes.raise_on_sigterm)  # outside the event loop: so that `finally` stops them
+    stamp = reporting.utc_stamp()
+    info = reporting.machine()
+    info["loop"] = "uvloop" if sender.has_uvloop() and not args.no_uvloop else "asyncio"
     report: dict[str, Any] = {"bench": "relay", "time": stamp, "label": args.label, "machine": info}
-    started: list[ServerUnderTest] = []
+    started: list[processes.ServerUnderTest] = []
     exit_code = 0
     try:
-        if has_uvloop() and not args.no_uvloop:
+        if sender.has_uvloop() and not args.no_uvloop:
             import uvloop
 
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 runner.run(run(args, report, stamp, started))
         else:
             asyncio.run(run(args, report, stamp, started))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        report["error"] = "interrupted"
-        exit_code = 130
-    except Exception as exc:
-        report["error"] = f"{type(exc).__name__}: {exc}"
-        exit_code = 1
+    except (KeyboardInterrupt, asyncio.CancelledError, Exception) as exc:
+        exit_code = reporting.record_failure(report, exc)
     finally:
         for process in reversed(started):  # no-ops when run() stopped them already
             process.stop(30)
@@ -1090,7 +1056,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, tail in (report.get("logs_tail") or {}).items():
             if tail.strip():
                 print(f"{name} log (last lines):\n{tail}", file=sys.stderr)
-    write_report(report, args.results, f"relay-{_store_name(report)}-{stamp}.json", not args.no_save)
+    reporting.write_report(report, args.results, f"relay-{_store_name(report)}-{stamp}.json", not args.no_save)
     return exit_code
 
 

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,18 @@ class Round:
         self.arrivals.append(at)
         if len(self.arrivals) >= self.expected:
             self.done.set()
+
+
+async def _messages(call: Any) -> AsyncIterator[tuple[Any, float]]:
+    """The messages of one stream, each with the ``perf_counter()`` time it was read, until the stream ends."""
+    import grpc
+
+    while True:
+        message = await call.read()
+        at = time.perf_counter()
+        if message is grpc.aio.EOF:
+            return
+        yield message, at
 
 
 class Streams:
@@ -143,39 +156,29 @@ class Streams:
         self.calls.append(call)
         self.readers.append(asyncio.create_task(self._read_legacy(call)))
 
-    async def _read_legacy(self, call: Any) -> None:
-        import grpc
+    def _arrived(self, event_id: str, at: float) -> None:
+        """One event read from one stream at ``at``: counted, and timed when it is a webhook of the fan-out."""
+        self.events += 1
+        if (fan_out := self.rounds.get(event_id)) is not None:
+            fan_out.arrived(at)
 
-        while True:
-            message = await call.read()
-            at = time.perf_counter()
-            if message is grpc.aio.EOF:
-                return
+    async def _read_legacy(self, call: Any) -> None:
+        async for message, at in _messages(call):
             if not message.webhook_events:
                 self.heartbeats += 1
             for event in message.webhook_events:
-                self.events += 1
-                if (fan_out := self.rounds.get(event.event_id)) is not None:
-                    fan_out.arrived(at)
+                self._arrived(event.event_id, at)
 
     async def _read(self, call: Any) -> None:
-        import grpc
-
         from gitstafette._proto import gitstafette_pb2 as pb
 
-        while True:
-            message = await call.read()
-            at = time.perf_counter()
-            if message is grpc.aio.EOF:
-                return
+        async for message, at in _messages(call):
             kind = message.WhichOneof("kind")
             if kind == "heartbeat":
                 self.heartbeats += 1
             elif kind == "event":
                 event = message.event
-                self.events += 1
-                if (fan_out := self.rounds.get(event.webhook_event.event_id)) is not None:
-                    fan_out.arrived(at)
+                self._arrived(event.webhook_event.event_id, at)
                 ack = pb.Ack(repository_id=event.repository_id, sequence=event.sequence)
                 await call.write(pb.StreamRequest(ack=ack))
                 self.acks += 1

@@ -1,9 +1,14 @@
 """The processes under test, started by a bench on free loopback ports: ``gitstafette server`` and
 ``gitstafette client``; their ``/metrics`` counters; and the SIGTERM handler that lets a bench's ``finally``
-stop them. (A ``redis-server`` of a bench's own is ``tests.redis_utils.RedisServer``, the suite's.)"""
+stop them. (A ``redis-server`` of a bench's own is ``tests.redis_utils.RedisServer``, the suite's.)
+
+They run ``python -m gitstafette`` with this interpreter, so they import the package as installed (editable:
+whatever checkout it was installed from), unless ``src`` names the ``src`` folder of another checkout.
+"""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -20,15 +25,19 @@ from typing import Any
 from . import ROOT
 
 __all__ = [
+    "SRC_HELP",
     "STORE_HELP",
     "ClientUnderTest",
     "ServerUnderTest",
+    "add_server_options",
+    "child_environment",
     "client_counters",
     "free_port",
     "listening_ports",
     "raise_on_sigterm",
     "server_counters",
     "resolve_store",
+    "source_folder",
 ]
 
 #: the ``--store`` help of the benches that start a server
@@ -36,6 +45,27 @@ STORE_HELP = (
     "store of the server started here: sqlite (a file in a temporary folder), memory://, a full sqlite:///PATH "
     "URL, or redis://HOST:PORT/DB?prefix=NAME (the bench's keys stay there: use a database or prefix of your own)"
 )
+
+#: the ``--src`` help of the benches that start a server (and a client)
+SRC_HELP = (
+    "the src folder of a checkout: the server (and client) started here run its gitstafette, put first on their "
+    "PYTHONPATH; none: the package as installed (editable: the checkout it was installed from)"
+)
+
+
+def source_folder(value: str) -> Path:
+    """The ``type`` of ``--src``: a folder holding the ``gitstafette`` package, as an absolute path."""
+    path = Path(value).resolve()
+    if not (path / "gitstafette" / "__init__.py").is_file():
+        raise argparse.ArgumentTypeError(f"{value}: no gitstafette package in it (give the src folder of a checkout)")
+    return path
+
+
+def add_server_options(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--store`` and ``--src`` of a bench that starts the server (and the client): what the server stores in,
+    and whose code they run."""
+    group.add_argument("--store", default="sqlite", help=STORE_HELP)
+    group.add_argument("--src", type=source_folder, metavar="DIR", help=SRC_HELP)
 
 
 def raise_on_sigterm(signum: int, frame: Any) -> None:
@@ -48,6 +78,17 @@ def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def child_environment(src: Path | None) -> dict[str, str] | None:
+    """The environment of a process under test: None (this process's, inherited) without ``src``; with it, this
+    process's environment with ``src`` first on ``PYTHONPATH``, so that ``python -m gitstafette`` imports that
+    checkout's code rather than the installed package's (a ``PYTHONPATH`` entry comes before site-packages)."""
+    if src is None:
+        return None
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(src), *filter(None, [env.get("PYTHONPATH")])])
+    return env
 
 
 def resolve_store(store: str, tmpdir: str) -> tuple[str, str | None]:
@@ -66,12 +107,14 @@ def resolve_store(store: str, tmpdir: str) -> tuple[str, str | None]:
 
 
 class ServerUnderTest:
-    """``python -m gitstafette server`` started by the bench, on free loopback ports."""
+    """``python -m gitstafette server`` started by the bench, on free loopback ports; with ``src``, the code of
+    that ``src`` folder (``child_environment``)."""
 
-    def __init__(self, store: str, log_level: str, extra: list[str]) -> None:
+    def __init__(self, store: str, log_level: str, extra: list[str], src: Path | None = None) -> None:
         self.store = store
         self.log_level = log_level
         self.extra = extra
+        self.src = src
         self.host = "127.0.0.1"
         self.http_port = 0
         self.grpc_port = 0
@@ -92,9 +135,7 @@ class ServerUnderTest:
             command += ["--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port)]
             command += ["--store", self.store, "--log-level", self.log_level, *self.extra]
             self.command = command
-            self.process = subprocess.Popen(
-                command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT
-            )
+            self.process = self._popen()
             self._drainer = threading.Thread(target=self._drain, daemon=True)
             self._drainer.start()
             if self._wait_ready(timeout):
@@ -107,6 +148,16 @@ class ServerUnderTest:
             if "in use" not in "".join(self.log):
                 break  # not a port taken meanwhile: trying again would fail the same way
         raise RuntimeError("the server exited during startup:\n" + "".join(self.log))
+
+    def _popen(self) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=child_environment(self.src),
+        )
 
     def _drain(self) -> None:
         # Keep reading stderr so that the server never blocks on a full pipe (at info level it logs a
@@ -151,17 +202,16 @@ class ServerUnderTest:
 
 
 class ClientUnderTest(ServerUnderTest):
-    """``python -m gitstafette client`` started by the bench; stderr drained and stopped as the server is."""
+    """``python -m gitstafette client`` started by the bench (``command``, with ``src`` as the server's); stderr
+    drained and stopped as the server is."""
 
-    def __init__(self, command: list[str]) -> None:
-        super().__init__(store="", log_level="", extra=[])
+    def __init__(self, command: list[str], src: Path | None = None) -> None:
+        super().__init__(store="", log_level="", extra=[], src=src)
         self.command = command
         self.health_port: int | None = None
 
     def start(self, timeout: float = 30) -> None:
-        self.process = subprocess.Popen(
-            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT
-        )
+        self.process = self._popen()
         self._drainer = threading.Thread(target=self._drain, daemon=True)
         self._drainer.start()
         self.health_port = self._find_health_port(timeout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import array
+import asyncio
 import contextlib
 import datetime as dt
 import hashlib
@@ -28,6 +29,7 @@ __all__ = [
     "percentiles",
     "print_goals",
     "print_profile",
+    "record_failure",
     "rows",
     "utc_stamp",
     "write_report",
@@ -141,20 +143,21 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def git_state() -> dict[str, Any]:
-    """The commit measured: ``git rev-parse HEAD``, ``git status --short src``, and a hash of each changed file
-    (read-only git commands). Two of them, at the start and at the end, tell whether the sources changed."""
+def git_state(root: Path = ROOT) -> dict[str, Any]:
+    """The commit measured, of the checkout at ``root``: ``git rev-parse HEAD``, ``git status --short src``, and a
+    hash of each changed file (read-only git commands). Two of them, at the start and at the end, tell whether the
+    sources changed."""
 
     def git(*argv: str) -> str:
         try:
-            return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.rstrip()
+            return subprocess.run(["git", *argv], cwd=root, capture_output=True, text=True, timeout=10).stdout.rstrip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
     status = git("status", "--short", "--", "src")
     hashes: dict[str, str] = {}
     for line in status.splitlines():
-        path = ROOT / line[3:].strip()
+        path = root / line[3:].strip()
         if path.is_file():
             hashes[line[3:].strip()] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     return {"head": git("rev-parse", "HEAD") or None, "status_short_src": status, "changed_sha256_16": hashes}
@@ -165,6 +168,16 @@ def commit_text(state: dict[str, Any]) -> str:
     changed = [line[3:] for line in state.get("status_short_src", "").splitlines()]
     listed = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
     return f"{state['head']}" + (f" + uncommitted changes in src: {listed}" if changed else "")
+
+
+def record_failure(report: dict[str, Any], exc: BaseException) -> int:
+    """Note what ended a run early in ``report["error"]``; returns the exit code for it: 130 when the run was
+    interrupted (Ctrl-C, a SIGTERM through ``processes.raise_on_sigterm``, a cancelled task), else 1."""
+    if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+        report["error"] = "interrupted"
+        return 130
+    report["error"] = f"{type(exc).__name__}: {exc}"
+    return 1
 
 
 def write_report(report: dict[str, Any], results: Path, name: str, save: bool = True) -> None:

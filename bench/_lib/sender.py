@@ -30,6 +30,7 @@ __all__ = [
     "IDLE_RECONNECT_S",
     "MAX_RECONNECTS",
     "REQUEST_TIMEOUT_S",
+    "TRANSPORT_ERRORS",
     "HttpConnection",
     "SenderResult",
     "SenderSpec",
@@ -50,7 +51,8 @@ REQUEST_TIMEOUT_S = 30.0
 MAX_RECONNECTS = 20
 #: A keep-alive connection idle this long is replaced before the next request (uvicorn closes at 5 s).
 IDLE_RECONNECT_S = 2.0
-#: Index offsets of the delivery ids of measure 2 (the marker is 0, measured webhooks 1…).
+#: What a failed exchange raises: a refused, reset or closed connection, an answer that does not parse, a timeout.
+TRANSPORT_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, TimeoutError)
 
 
 def delivery_id(base: int, index: int) -> str:
@@ -145,6 +147,16 @@ class HttpConnection:
         self.last_used = time.monotonic()
         return status, body
 
+    async def exchange_within(self, request: bytes, timeout_s: float) -> tuple[int, bytes]:
+        """``exchange`` with a deadline. On a failure (one of ``TRANSPORT_ERRORS``) the connection is closed, so
+        that the next request opens a new one, and the error raised."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self.exchange(request)
+        except TRANSPORT_ERRORS:
+            self.close()
+            raise
+
 
 def run_loop(coro_factory: Callable[[], Any], use_uvloop: bool) -> Any:
     """Run a coroutine on uvloop when asked and installed, else on the standard loop."""
@@ -206,10 +218,8 @@ async def _send(
         request = webhook.request(delivery_id(spec.base, index))
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(spec.timeout_s):
-                status, _ = await connection.exchange(request)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, TimeoutError) as exc:
-            connection.close()
+            status, _ = await connection.exchange_within(request, spec.timeout_s)
+        except TRANSPORT_ERRORS as exc:
             result.errors[type(exc).__name__] += 1
             status = 0
             reconnects += 1
