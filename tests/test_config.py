@@ -5,7 +5,6 @@ import pytest
 from gitstafette import constants
 from gitstafette.config import (
     RedisSettings,
-    Secret,
     ServerConfig,
     StoreConfig,
     Watchlist,
@@ -13,6 +12,7 @@ from gitstafette.config import (
     parse_size,
 )
 from gitstafette.exceptions import ConfigError, GitstafetteError
+from gitstafette.security.secret import Secret
 
 
 @pytest.mark.parametrize(

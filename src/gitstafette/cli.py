@@ -20,7 +20,6 @@ from gitstafette._runtime import event_loop_factory
 from gitstafette.config import (
     ClientConfig,
     ClientTlsConfig,
-    Secret,
     ServerConfig,
     ServerTlsConfig,
     StoreConfig,
@@ -31,6 +30,7 @@ from gitstafette.config import (
 from gitstafette.events_cli import events_app
 from gitstafette.exceptions import ConfigError, StoreError
 from gitstafette.logs import configure_logging
+from gitstafette.security.secret import Secret
 from gitstafette.telemetry.otel import OtelSettings
 
 __all__ = ["app", "main"]
@@ -601,7 +601,7 @@ def certs(
 
     Keys are mode 0600. For production, use certificates from your own CA or a public one.
     """
-    from gitstafette.certs import instructions, write_dev_certificates
+    from gitstafette.security.certs import instructions, write_dev_certificates
 
     server_names = ClientConfig.split(server_name or []) or ("localhost", "127.0.0.1", "::1")
     client_names = ClientConfig.split(client_name or []) or ("client",)

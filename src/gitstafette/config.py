@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
 import re
 import socket
@@ -13,13 +11,13 @@ from urllib.parse import SplitResult, parse_qs, quote, unquote, urlsplit
 
 from gitstafette import constants
 from gitstafette.exceptions import ConfigError
+from gitstafette.security.secret import Secret
 from gitstafette.telemetry.otel import OtelSettings
 
 __all__ = [
     "ClientConfig",
     "ClientTlsConfig",
     "RedisSettings",
-    "Secret",
     "ServerConfig",
     "ServerTlsConfig",
     "StoreConfig",
@@ -74,45 +72,6 @@ def parse_size(text: str | int, name: str = "size") -> int:
         raise ConfigError(f"{name}: {text!r} is not a size (examples: 26214400, 25MiB, 512KB)")
     unit = (match.group(2) or "").lower().removesuffix("b")
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
-
-
-class Secret:
-    """A token, password or webhook secret that never shows itself: ``repr``, ``str`` and f-strings print
-    ``**********``; only :meth:`reveal` gives the value, at the one place that needs it.
-
-    Equality is checked in constant time, so comparing a presented secret leaks nothing through timing.
-    """
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Secret):
-            return NotImplemented
-        return hmac.compare_digest(self._value.encode(), other._value.encode())
-
-    def __hash__(self) -> int:
-        return hash((Secret, hashlib.sha256(self._value.encode()).digest()))
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    def __str__(self) -> str:
-        return "**********"
-
-    @classmethod
-    def optional(cls, value: str | None) -> Secret | None:
-        """A Secret for a non-empty value (surrounding whitespace dropped), else None."""
-        value = (value or "").strip()
-        return cls(value) if value else None
 
 
 @dataclass(frozen=True)

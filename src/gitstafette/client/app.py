@@ -41,11 +41,11 @@ from gitstafette.constants import CLIENT_SERVICE_NAME, HEADER_SIGNATURE_256
 from gitstafette.github.signature import WebhookSecrets
 from gitstafette.logs import bind_event, unbind_event
 from gitstafette.model import WebhookEvent
-from gitstafette.secret_files import load_webhook_secrets
+from gitstafette.security.secret_files import load_webhook_secrets
+from gitstafette.security.tls import client_credentials, describe_client_tls
 from gitstafette.telemetry import tracing
 from gitstafette.telemetry.process import Telemetry
 from gitstafette.telemetry.sentry import report, start_sentry, stop_sentry
-from gitstafette.tls import client_credentials, describe_client_tls
 
 __all__ = ["Client"]
 
