@@ -20,10 +20,10 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from gitstafette.config import Watchlist
     from gitstafette.exceptions import WebhookRejected
     from gitstafette.github.signature import WebhookSecrets
     from gitstafette.github.webhook import parse_webhook, webhook_payload
+    from gitstafette.model import Watchlist
     from gitstafette.security.secret import Secret
 
 WATCHLISTS = (Watchlist.parse("*"), Watchlist.parse("186853002,Codertocat/Hello-World"))

@@ -7,11 +7,11 @@ from gitstafette.config import (
     RedisSettings,
     ServerConfig,
     StoreConfig,
-    Watchlist,
     parse_duration,
     parse_size,
 )
 from gitstafette.exceptions import ConfigError, GitstafetteError
+from gitstafette.model import Watchlist
 from gitstafette.security.secret import Secret
 
 

@@ -23,13 +23,13 @@ from gitstafette.config import (
     ServerConfig,
     ServerTlsConfig,
     StoreConfig,
-    Watchlist,
     parse_duration,
     parse_size,
 )
 from gitstafette.events_cli import events_app
 from gitstafette.exceptions import ConfigError, StoreError
 from gitstafette.logs import configure_logging
+from gitstafette.model import Watchlist
 from gitstafette.security.secret import Secret
 from gitstafette.telemetry.otel import OtelSettings
 

@@ -11,6 +11,7 @@ from urllib.parse import SplitResult, parse_qs, quote, unquote, urlsplit
 
 from gitstafette import constants
 from gitstafette.exceptions import ConfigError
+from gitstafette.model import Watchlist
 from gitstafette.security.secret import Secret
 from gitstafette.telemetry.otel import OtelSettings
 
@@ -21,7 +22,6 @@ __all__ = [
     "ServerConfig",
     "ServerTlsConfig",
     "StoreConfig",
-    "Watchlist",
     "parse_duration",
     "parse_size",
 ]
@@ -72,47 +72,6 @@ def parse_size(text: str | int, name: str = "size") -> int:
         raise ConfigError(f"{name}: {text!r} is not a size (examples: 26214400, 25MiB, 512KB)")
     unit = (match.group(2) or "").lower().removesuffix("b")
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
-
-
-@dataclass(frozen=True)
-class Watchlist:
-    """The repositories a server accepts webhooks for: numeric ids, ``owner/name``, or every one (``*``)."""
-
-    ids: frozenset[str] = frozenset()
-    names: frozenset[str] = frozenset()
-    everything: bool = False
-
-    @classmethod
-    def parse(cls, text: str) -> Watchlist:
-        ids: set[str] = set()
-        names: set[str] = set()
-        everything = False
-        for item in (part.strip() for part in text.split(",")):
-            if not item:
-                continue
-            if item == "*":
-                everything = True
-            elif item.isdigit():
-                ids.add(item)
-            elif re.fullmatch(r"[\w.-]+/[\w.-]+", item):
-                names.add(item.lower())
-            else:
-                raise ConfigError(
-                    f"repositories: {item!r} is neither a GitHub repository id (digits) nor owner/name nor *"
-                )
-        return cls(frozenset(ids), frozenset(names), everything)
-
-    def watches_id(self, repository_id: str) -> bool:
-        return self.everything or repository_id in self.ids
-
-    def watches(self, repository_id: str, full_name: str = "") -> bool:
-        return self.watches_id(repository_id) or (bool(full_name) and full_name.lower() in self.names)
-
-    def entries(self) -> list[str]:
-        return ["*"] if self.everything else sorted(self.ids) + sorted(self.names)
-
-    def __str__(self) -> str:
-        return ",".join(self.entries()) or "(none)"
 
 
 _REDIS_PREFIX = re.compile(r"^[A-Za-z0-9_.-]+$")
