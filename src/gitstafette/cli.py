@@ -20,6 +20,7 @@ from gitstafette._runtime import event_loop_factory
 from gitstafette.config import (
     ClientConfig,
     ClientTlsConfig,
+    OtelSettings,
     ServerConfig,
     ServerTlsConfig,
     StoreConfig,
@@ -31,7 +32,6 @@ from gitstafette.exceptions import ConfigError, StoreError
 from gitstafette.logs import configure_logging
 from gitstafette.model import Watchlist
 from gitstafette.security.secret import Secret
-from gitstafette.telemetry.otel import OtelSettings
 
 __all__ = ["app", "main"]
 
