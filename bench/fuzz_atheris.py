@@ -20,10 +20,11 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from gitstafette.config import Secret, Watchlist
     from gitstafette.exceptions import WebhookRejected
     from gitstafette.github.signature import WebhookSecrets
     from gitstafette.github.webhook import parse_webhook, webhook_payload
+    from gitstafette.model import Watchlist
+    from gitstafette.security.secret import Secret
 
 WATCHLISTS = (Watchlist.parse("*"), Watchlist.parse("186853002,Codertocat/Hello-World"))
 SECRETS = WebhookSecrets.build(Secret("atheris-secret"), {"Codertocat/Hello-World": "atheris-by-name"})

@@ -1,18 +1,21 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from gitstafette import constants
 from gitstafette.config import (
     RedisSettings,
-    Secret,
     ServerConfig,
     StoreConfig,
-    Watchlist,
     parse_duration,
     parse_size,
 )
 from gitstafette.exceptions import ConfigError, GitstafetteError
+from gitstafette.model import Watchlist
+from gitstafette.security.secret import Secret
 
 
 @pytest.mark.parametrize(
@@ -133,7 +136,7 @@ def test_store_config_refuses_bad_urls(url: str) -> None:
         StoreConfig.from_url(url)
 
 
-#: every scheme a store URL may have (a new one goes here and into config.py's one list)
+#: every scheme a store URL may have (a new one goes here and into config/store.py's one list)
 STORE_SCHEMES = ("memory", "sqlite", "redis", "rediss", "redis+sentinel", "rediss+sentinel")
 
 
@@ -283,3 +286,11 @@ def test_store_config_refuses_bad_redis_urls_without_showing_the_password(url: s
     with pytest.raises(ConfigError, match=message) as caught:
         StoreConfig.from_url(url.replace("://", "://:secret@", 1) if "secret" not in url else url)
     assert "secret" not in str(caught.value)
+
+
+def test_config_is_a_leaf() -> None:
+    """Building a config runs nothing: config imports no server, client, store, telemetry or CLI code."""
+    code = "import sys, gitstafette.config; print(*sorted(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    layers = {name.split(".")[1] for name in loaded if name.startswith("gitstafette.")}
+    assert not layers & {"server", "client", "store", "telemetry", "cli", "events_cli", "logs"}, sorted(layers)

@@ -1,19 +1,23 @@
-"""The event that travels through the relay, and its conversion to and from protobuf."""
+"""The event that travels through the relay, and its conversion to and from protobuf; the repositories a
+server watches."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from gitstafette._proto import gitstafette_pb2 as pb
 from gitstafette.constants import HEADER_DELIVERY, HEADER_EVENT, RELAYED_HEADER_PREFIXES, RELAYED_HEADERS
+from gitstafette.exceptions import ConfigError
 
 __all__ = [
     "AuditAction",
     "AuditRecord",
     "DeadLetter",
     "RepositoryState",
+    "Watchlist",
     "WebhookEvent",
     "canonical_header_name",
     "event_from_pb",
@@ -137,6 +141,47 @@ class RepositoryState:
     last_sequence: int
     #: client id → highest acknowledged sequence
     cursors: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Watchlist:
+    """The repositories a server accepts webhooks for: numeric ids, ``owner/name``, or every one (``*``)."""
+
+    ids: frozenset[str] = frozenset()
+    names: frozenset[str] = frozenset()
+    everything: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Watchlist:
+        ids: set[str] = set()
+        names: set[str] = set()
+        everything = False
+        for item in (part.strip() for part in text.split(",")):
+            if not item:
+                continue
+            if item == "*":
+                everything = True
+            elif item.isdigit():
+                ids.add(item)
+            elif re.fullmatch(r"[\w.-]+/[\w.-]+", item):
+                names.add(item.lower())
+            else:
+                raise ConfigError(
+                    f"repositories: {item!r} is neither a GitHub repository id (digits) nor owner/name nor *"
+                )
+        return cls(frozenset(ids), frozenset(names), everything)
+
+    def watches_id(self, repository_id: str) -> bool:
+        return self.everything or repository_id in self.ids
+
+    def watches(self, repository_id: str, full_name: str = "") -> bool:
+        return self.watches_id(repository_id) or (bool(full_name) and full_name.lower() in self.names)
+
+    def entries(self) -> list[str]:
+        return ["*"] if self.everything else sorted(self.ids) + sorted(self.names)
+
+    def __str__(self) -> str:
+        return ",".join(self.entries()) or "(none)"
 
 
 def event_to_pb(event: WebhookEvent) -> pb.WebhookEvent:

@@ -14,11 +14,11 @@ from urllib.parse import urlencode
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gitstafette.config import Secret, Watchlist
 from gitstafette.exceptions import WebhookRejected
 from gitstafette.github.signature import WebhookSecrets, signature_problem
 from gitstafette.github.webhook import parse_webhook, repository_in_body, webhook_payload
-from gitstafette.model import WebhookEvent
+from gitstafette.model import Watchlist, WebhookEvent
+from gitstafette.security.secret import Secret
 from tests.github.strategies import (
     CONTENT_TYPES,
     HELLO_WORLD_ID,

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from gitstafette.config import Secret
 from gitstafette.exceptions import ConfigError
 from gitstafette.github.signature import WebhookSecrets, signature_256, signature_problem
+from gitstafette.security.secret import Secret
 from tests.utils import FIXTURES
 
 BODY = (FIXTURES / "push.0.json").read_bytes()

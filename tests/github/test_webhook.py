@@ -5,10 +5,9 @@ from urllib.parse import urlencode
 
 import pytest
 
-from gitstafette.config import Watchlist
 from gitstafette.exceptions import WebhookRejected
 from gitstafette.github.webhook import parse_webhook, repository_in_body, routed_by_header, webhook_payload
-from gitstafette.model import WebhookEvent
+from gitstafette.model import Watchlist, WebhookEvent
 from tests.utils import FIXTURES, github_request
 
 HELLO_WORLD_ID = "186853002"  # Codertocat/Hello-World in the fixtures

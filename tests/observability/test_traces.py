@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gitstafette.config import OtelSettings
 from gitstafette.exceptions import ConfigError
-from gitstafette.telemetry.otel import OtelSettings
 from tests.client.utils import RecordingTarget, post_webhook, repository_of, running_client, wait_until
 from tests.grpc_clients import AckStream
 from tests.observability.utils import ExportedSpan, exported_spans, exported_sums, json_lines

@@ -7,8 +7,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gitstafette.config import Secret, ServerConfig
+from gitstafette.config import ServerConfig
 from gitstafette.exceptions import ConfigError
+from gitstafette.security.secret import Secret
 from gitstafette.server.auth import OPEN, Authenticator, AuthError, hash_token, load_tokens
 
 TOKEN = "s3cret-token-of-jenkins"

@@ -10,10 +10,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gitstafette.certs import issue
 from gitstafette.config import ServerTlsConfig
 from gitstafette.exceptions import ConfigError
-from gitstafette.tls import ServerTls
+from gitstafette.security.certs import issue
+from gitstafette.security.tls import ServerTls
 from tests.client.utils import RecordingTarget, repository_of, wait_until
 from tests.tls.utils import (
     SERVER_NAMES,
@@ -72,11 +72,11 @@ def test_a_renewed_certificate_from_another_ca_is_served_without_a_restart(pki: 
 
 @pytest.fixture
 def tls_log() -> Iterator[list[logging.LogRecord]]:
-    """The records of gitstafette.tls, whatever an earlier test did to logging."""
+    """The records of gitstafette.security.tls, whatever an earlier test did to logging."""
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
-    logger = logging.getLogger("gitstafette.tls")
+    logger = logging.getLogger("gitstafette.security.tls")
     old_level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

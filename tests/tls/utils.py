@@ -15,7 +15,7 @@ import httpx
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gitstafette.certs import CERT_VALID_DAYS, Issued, create_ca, issue
+from gitstafette.security.certs import CERT_VALID_DAYS, Issued, create_ca, issue
 from tests.client.utils import PUSH, ClientProcess
 from tests.utils import ServerProcess, github_request, running
 

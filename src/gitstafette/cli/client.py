@@ -9,9 +9,9 @@ import typer
 
 from gitstafette import constants
 from gitstafette.cli import common
-from gitstafette.config import ClientConfig, ClientTlsConfig, Secret, parse_duration
+from gitstafette.config import ClientConfig, ClientTlsConfig, OtelSettings, parse_duration
 from gitstafette.exceptions import ConfigError
-from gitstafette.telemetry.otel import OtelSettings
+from gitstafette.security.secret import Secret
 
 __all__ = ["client"]
 

@@ -7,9 +7,10 @@ from typing import Annotated
 
 from gitstafette import constants
 from gitstafette.cli import common
-from gitstafette.config import Secret, ServerConfig, ServerTlsConfig, StoreConfig, Watchlist, parse_duration, parse_size
+from gitstafette.config import OtelSettings, ServerConfig, ServerTlsConfig, StoreConfig, parse_duration, parse_size
 from gitstafette.exceptions import ConfigError
-from gitstafette.telemetry.otel import OtelSettings
+from gitstafette.model import Watchlist
+from gitstafette.security.secret import Secret
 
 __all__ = ["STORE_HELP", "server"]
 

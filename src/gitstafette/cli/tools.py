@@ -111,7 +111,7 @@ def certs(
 
     Keys are mode 0600. For production, use certificates from your own CA or a public one.
     """
-    from gitstafette.certs import instructions, write_dev_certificates
+    from gitstafette.security.certs import instructions, write_dev_certificates
 
     server_names = ClientConfig.split(server_name or []) or ("localhost", "127.0.0.1", "::1")
     client_names = ClientConfig.split(client_name or []) or ("client",)

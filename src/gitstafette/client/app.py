@@ -40,12 +40,12 @@ from gitstafette.config import ClientConfig
 from gitstafette.constants import CLIENT_SERVICE_NAME, HEADER_SIGNATURE_256
 from gitstafette.github.signature import WebhookSecrets
 from gitstafette.model import WebhookEvent
-from gitstafette.secret_files import load_webhook_secrets
+from gitstafette.security.secret_files import load_webhook_secrets
+from gitstafette.security.tls import client_credentials, describe_client_tls
 from gitstafette.telemetry import tracing
 from gitstafette.telemetry.logs import bind_event, unbind_event
 from gitstafette.telemetry.process import Telemetry
 from gitstafette.telemetry.sentry import report, start_sentry, stop_sentry
-from gitstafette.tls import client_credentials, describe_client_tls
 
 __all__ = ["Client"]
 

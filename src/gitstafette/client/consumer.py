@@ -31,7 +31,7 @@ from gitstafette.config import ClientConfig
 from gitstafette.constants import HEADER_EVENT, METADATA_AUTHORIZATION
 from gitstafette.exceptions import ConfigError
 from gitstafette.model import WebhookEvent
-from gitstafette.tls import client_channel_options, client_credentials
+from gitstafette.security.tls import client_channel_options, client_credentials
 
 __all__ = ["Consumer", "ConsumerState", "Received", "Stream", "event_from_relayed"]
 

@@ -19,7 +19,9 @@ from starlette.routing import Route
 from gitstafette._http import EmbeddedHttpServer
 from gitstafette.client.app import Client
 from gitstafette.client.webhook_sender import github_headers
-from gitstafette.config import ClientConfig, Secret, ServerConfig, StoreConfig, Watchlist
+from gitstafette.config import ClientConfig, ServerConfig, StoreConfig
+from gitstafette.model import Watchlist
+from gitstafette.security.secret import Secret
 from gitstafette.server.server import Server
 
 __all__ = ["DemoReport", "builtin_payload", "run_demo"]

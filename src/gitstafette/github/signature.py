@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gitstafette.config import Secret
 from gitstafette.constants import HEADER_SIGNATURE_256
 from gitstafette.exceptions import ConfigError
 from gitstafette.github.webhook import repository_in_body
+from gitstafette.security.secret import Secret
 
 __all__ = ["WebhookSecrets", "signature_256", "signature_problem"]
 

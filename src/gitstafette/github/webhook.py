@@ -17,9 +17,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
-from gitstafette.config import Watchlist
 from gitstafette.exceptions import WebhookRejected
-from gitstafette.model import WebhookEvent, relayed_headers
+from gitstafette.model import Watchlist, WebhookEvent, relayed_headers
 
 __all__ = [
     "ACCEPTED_CONTENT_TYPES",

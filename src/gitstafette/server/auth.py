@@ -42,10 +42,11 @@ from typing import Any
 
 import grpc
 
-from gitstafette.config import ServerConfig, Watchlist
+from gitstafette.config import ServerConfig
 from gitstafette.constants import METADATA_AUTHORIZATION
 from gitstafette.exceptions import AuthError, ConfigError
-from gitstafette.secret_files import read_mapping_file, read_secret_file
+from gitstafette.model import Watchlist
+from gitstafette.security.secret_files import read_mapping_file, read_secret_file
 
 __all__ = [
     "OPEN",

@@ -36,7 +36,8 @@ from gitstafette._runtime import handling_signals, raise_gc_threshold, running_l
 from gitstafette.config import ServerConfig
 from gitstafette.constants import SERVER_SERVICE_NAME
 from gitstafette.exceptions import ConfigError, StoreError, StoreUnavailable
-from gitstafette.secret_files import load_webhook_secrets
+from gitstafette.security.secret_files import load_webhook_secrets
+from gitstafette.security.tls import ServerTls
 from gitstafette.server.audit import AuditLog
 from gitstafette.server.auth import Authenticator, AuthInterceptor
 from gitstafette.server.dispatch import Dispatcher
@@ -47,7 +48,6 @@ from gitstafette.server.metrics import ServerMetrics, TimedStore
 from gitstafette.store import EventStore, create_store
 from gitstafette.telemetry.process import Telemetry
 from gitstafette.telemetry.sentry import start_sentry, stop_sentry
-from gitstafette.tls import ServerTls
 
 __all__ = ["Server"]
 

@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric as PrometheusFamily
 
 from gitstafette import __version__
-from gitstafette.telemetry.otel import OtelSettings, Protocol
+from gitstafette.config.otel import OtelSettings, Protocol
 
 __all__ = ["OtlpMetricsBridge", "metric_exporter", "to_metrics_data"]
 

@@ -11,8 +11,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp
 
+from gitstafette.config import OtelSettings
 from gitstafette.telemetry import tracing
-from gitstafette.telemetry.otel import OtelSettings
 from gitstafette.telemetry.otlp_metrics import OtlpMetricsBridge
 
 __all__ = ["Telemetry"]

@@ -25,8 +25,8 @@ from sentry_sdk.integrations.argv import ArgvIntegration
 from sentry_sdk.integrations.logging import LoggingIntegration
 
 from gitstafette import __version__
-from gitstafette.config import Secret
 from gitstafette.model import WebhookEvent
+from gitstafette.security.secret import Secret
 
 __all__ = ["report", "start_sentry", "stop_sentry"]
 

@@ -25,8 +25,8 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from gitstafette import __version__
+from gitstafette.config.otel import OtelSettings, Protocol
 from gitstafette.model import WebhookEvent
-from gitstafette.telemetry.otel import OtelSettings, Protocol
 
 __all__ = [
     "Span",

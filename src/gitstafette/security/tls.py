@@ -32,9 +32,9 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from gitstafette.certs import describe
 from gitstafette.config import ClientTlsConfig, ServerTlsConfig
 from gitstafette.exceptions import ConfigError
+from gitstafette.security.certs import describe
 
 __all__ = ["ServerTls", "client_channel_options", "client_credentials", "describe_client_tls"]
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import yaml
 
-from gitstafette.config import Secret
 from gitstafette.exceptions import ConfigError
 from gitstafette.github.signature import WebhookSecrets
+from gitstafette.security.secret import Secret
 
 __all__ = ["load_webhook_secrets", "read_mapping_file", "read_secret_file"]
 
