@@ -107,6 +107,8 @@ class Client:
         self.config = config
         self.metrics = ClientMetrics()
         self.telemetry = Telemetry(config.otel, self.metrics.registry)
+        #: the client's tracer (a ``deliver`` span per delivery); None while tracing is off
+        self.tracer = self.telemetry.tracer
         self.consumer = Consumer(config, self._on_event, self.metrics)
         self.lanes: dict[str, _DeliveryLane] = {}
         self.health_port = config.health_port
@@ -151,8 +153,8 @@ class Client:
             client_credentials(config.tls)  # TLS files that cannot be used stop the client now (ConfigError)
         self._http = http = create_http_client(config)
         self._gc_threshold = raise_gc_threshold()
-        self.telemetry.start()  # before the target: a grpc:// target's channel is instrumented while tracing
-        target = create_target(config)
+        self.telemetry.start()
+        target = create_target(config, self.telemetry.grpc_client_interceptors())
         if config.target_health_url:
             self._health = TargetHealth(config.target_health_url, config.target_health_display, http, self.metrics)
         policy = RetryPolicy(
@@ -299,8 +301,8 @@ class Client:
                 continue
             lane.busy = True
             span = None
-            if tracing.tracer is not None:
-                span, token = tracing.start_delivery_span(tracing.tracer, event, self.config.target_display)
+            if self.tracer is not None:
+                span, token = tracing.start_delivery_span(self.tracer, event, self.config.target_display)
             settlement = None
             try:
                 settlement = await self._relay.deliver(event, self._stopping, stream.ended)

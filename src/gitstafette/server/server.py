@@ -155,9 +155,9 @@ class Server:
         #: the store every component uses: the backend (``store.inner``) with its operations timed
         self.store: TimedStore = self.metrics.store
         self.dispatcher = Dispatcher(self.store)
-        self.ingest = Ingest(config, self.store, self.metrics, secrets)
-        self.audit = AuditLog(self.store, self.metrics)
         self.telemetry = Telemetry(config.otel, self.metrics.registry, self.metrics.backlog.refresh)
+        self.ingest = Ingest(config, self.store, self.metrics, secrets, self.telemetry.tracer)
+        self.audit = AuditLog(self.store, self.metrics)
         self.health = HealthServicer()
         self.http_port = config.http_port
         self.grpc_port = config.grpc_port
@@ -331,7 +331,10 @@ class Server:
             ],
         )
         gitstafette_pb2_grpc.add_GitstafetteServicer_to_server(  # type: ignore[no-untyped-call]
-            GitstafetteService(self.config, self.store, self.ingest, self.dispatcher, self.auth, self.audit), server
+            GitstafetteService(
+                self.config, self.store, self.ingest, self.dispatcher, self.auth, self.audit, self.telemetry.tracer
+            ),
+            server,
         )
         gitstafette_info_pb2_grpc.add_InfoServicer_to_server(self._info, server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
