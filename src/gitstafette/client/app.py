@@ -44,7 +44,7 @@ from gitstafette.secret_files import load_webhook_secrets
 from gitstafette.telemetry import tracing
 from gitstafette.telemetry.logs import bind_event, unbind_event
 from gitstafette.telemetry.process import Telemetry
-from gitstafette.telemetry.sentry import report, start_sentry, stop_sentry
+from gitstafette.telemetry.sentry import Sentry
 from gitstafette.tls import client_credentials, describe_client_tls
 
 __all__ = ["Client"]
@@ -109,6 +109,8 @@ class Client:
         self.telemetry = Telemetry(config.otel, self.metrics.registry)
         #: the client's tracer (a ``deliver`` span per delivery); None while tracing is off
         self.tracer = self.telemetry.tracer
+        #: where signature failures and dead letters are reported
+        self.sentry = Sentry(config.sentry_dsn, CLIENT_SERVICE_NAME, config.client_id)
         self.consumer = Consumer(config, self._on_event, self.metrics)
         self.lanes: dict[str, _DeliveryLane] = {}
         self.health_port = config.health_port
@@ -163,17 +165,14 @@ class Client:
             max_age_s=config.max_delivery_age_s,
         )
         self._relay = Relay(target, policy, self.metrics, self._health)
-        start_sentry(
-            config.sentry_dsn,
-            CLIENT_SERVICE_NAME,
-            config.client_id,
+        self.sentry.start(
             [
                 config.token,
                 config.target_token,
                 self.secrets.default,
                 *self.secrets.by_id.values(),
                 *self.secrets.by_name.values(),
-            ],
+            ]
         )
         await self._start_health_port()
         if config.insecure:
@@ -329,7 +328,7 @@ class Client:
         self.metrics.settled("bad-signature").inc()
         self.metrics.dead_letters(event.repository_id).inc()
         reason = f"refused by the client, not delivered: {problem} (altered after GitHub signed it, or another secret)"
-        report(f"event refused by the client: {problem}", "signature-failure", event, level="error")
+        self.sentry.report(f"event refused by the client: {problem}", "signature-failure", event, level="error")
         logger.warning(
             "%s#%d (delivery %s, %d bytes) not delivered: %s; reported to the server as a dead letter",
             event.repository_id,
@@ -368,7 +367,7 @@ class Client:
                 settlement.attempts,
                 settlement.reason,
             )
-            report(
+            self.sentry.report(
                 f"dead letter after {settlement.attempts} attempts: {settlement.reason[:200]}",
                 "dead-letter",
                 event,
@@ -430,7 +429,7 @@ class Client:
         if self._http_server is not None:
             await self._http_server.stop()
         await self.telemetry.aclose()
-        await asyncio.to_thread(stop_sentry)
+        await asyncio.to_thread(self.sentry.stop)
         if self._gc_threshold is not None:
             gc.set_threshold(*self._gc_threshold)
         logger.info("gitstafette client stopped")

@@ -13,8 +13,9 @@ from gitstafette.github.webhook import webhook_payload
 from gitstafette.model import WebhookEvent
 from gitstafette.server.metrics import ServerMetrics
 from gitstafette.store import AppendResult, EventStore
-from gitstafette.telemetry import sentry, tracing
+from gitstafette.telemetry import tracing
 from gitstafette.telemetry.logs import bind_event
+from gitstafette.telemetry.sentry import Sentry
 
 __all__ = ["Ingest", "Outcome"]
 
@@ -44,6 +45,7 @@ class Ingest:
 
     :param secrets: the webhook secrets; replaced as a whole when they are reloaded.
     :param tracer: the server's tracer (``ingest`` and ``store append`` spans); None while tracing is off.
+    :param sentry: where signature failures are reported; None: nowhere.
     """
 
     def __init__(
@@ -53,12 +55,14 @@ class Ingest:
         metrics: ServerMetrics,
         secrets: WebhookSecrets | None = None,
         tracer: tracing.Tracer | None = None,
+        sentry: Sentry | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.secrets = secrets or WebhookSecrets(config.webhook_secret)
         self.metrics = metrics
         self.tracer = tracer
+        self.sentry = sentry
 
     def count(self, outcome: Outcome, repository_id: str, event_type: str) -> Outcome:
         self.metrics.webhooks(repository_id, event_type, outcome.outcome).inc()
@@ -106,7 +110,8 @@ class Ingest:
         )
         if problem:
             logger.warning("delivery %s for repository %s refused: %s", event.delivery_id, event.repository_id, problem)
-            sentry.report(f"webhook signature check failed: {problem}", "signature-failure", event, status=401)
+            if self.sentry is not None:
+                self.sentry.report(f"webhook signature check failed: {problem}", "signature-failure", event, status=401)
             return Outcome(401, f"signature check failed: {problem}", "rejected-signature")
         if not body_checked:
             try:

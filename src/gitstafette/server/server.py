@@ -46,7 +46,7 @@ from gitstafette.server.ingest import Ingest
 from gitstafette.server.metrics import ServerMetrics, TimedStore
 from gitstafette.store import EventStore, create_store
 from gitstafette.telemetry.process import Telemetry
-from gitstafette.telemetry.sentry import start_sentry, stop_sentry
+from gitstafette.telemetry.sentry import Sentry
 from gitstafette.tls import ServerTls
 
 __all__ = ["Server"]
@@ -156,7 +156,8 @@ class Server:
         self.store: TimedStore = self.metrics.store
         self.dispatcher = Dispatcher(self.store)
         self.telemetry = Telemetry(config.otel, self.metrics.registry, self.metrics.backlog.refresh)
-        self.ingest = Ingest(config, self.store, self.metrics, secrets, self.telemetry.tracer)
+        self.sentry = Sentry(config.sentry_dsn, SERVER_SERVICE_NAME, config.server_id)
+        self.ingest = Ingest(config, self.store, self.metrics, secrets, self.telemetry.tracer, self.sentry)
         self.audit = AuditLog(self.store, self.metrics)
         self.health = HealthServicer()
         self.http_port = config.http_port
@@ -215,17 +216,14 @@ class Server:
         # The certificate first: files that cannot be used stop the server before it opens anything.
         self.tls = ServerTls(config.tls) if config.tls.enabled else None
         secrets = self.ingest.secrets
-        start_sentry(
-            config.sentry_dsn,
-            SERVER_SERVICE_NAME,
-            config.server_id,
+        self.sentry.start(
             [
                 config.oauth_token,
                 config.admin_token,
                 secrets.default,
                 *secrets.by_id.values(),
                 *secrets.by_name.values(),
-            ],
+            ]
         )
         self.telemetry.start()
         self._gc_threshold = raise_gc_threshold()
@@ -441,4 +439,4 @@ class Server:
                 logger.error("gitstafette server stopped, unfinished: %s", ", ".join(steps.unfinished))
             else:
                 logger.info("gitstafette server stopped")
-        await steps.step("Sentry flush", "reports not sent yet may be lost", asyncio.to_thread(stop_sentry))
+        await steps.step("Sentry flush", "reports not sent yet may be lost", asyncio.to_thread(self.sentry.stop))
