@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import logging
 import signal
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -31,7 +31,7 @@ from starlette.routing import Route
 from gitstafette import __version__
 from gitstafette._http import EmbeddedHttpServer
 from gitstafette._ready_file import ReadyFile
-from gitstafette._runtime import Backoff, handling_signals, raise_gc_threshold, running_loop_name
+from gitstafette._runtime import Backoff, handling_signals, hold_gc_threshold, running_loop_name
 from gitstafette.client.consumer import Consumer, Received, Stream
 from gitstafette.client.metrics import ClientMetrics
 from gitstafette.client.relay import Relay, Settlement, TargetHealth, create_http_client, create_target
@@ -121,8 +121,8 @@ class Client:
         self._relay: Relay | None = None
         self._health: TargetHealth | None = None
         self._consumer_task: asyncio.Task[None] | None = None
-        #: the garbage collector's thresholds before startup, put back at shutdown (see loops.GC_THRESHOLD)
-        self._gc_threshold: tuple[int, int, int] | None = None
+        #: lets go of the garbage collector's raised threshold (see _runtime.GC_THRESHOLD), at shutdown
+        self._release_gc_threshold: Callable[[], None] | None = None
         self._http_server: EmbeddedHttpServer | None = None
         #: GitHub's webhook secrets: loaded at startup, checked before every delivery when there are any
         self.secrets = WebhookSecrets()
@@ -154,7 +154,7 @@ class Client:
         if not config.insecure:
             client_credentials(config.tls)  # TLS files that cannot be used stop the client now (ConfigError)
         self._http = http = create_http_client(config)
-        self._gc_threshold = raise_gc_threshold()
+        self._release_gc_threshold = hold_gc_threshold()
         self.telemetry.start()
         target = create_target(config, self.telemetry.grpc_client_interceptors())
         if config.target_health_url:
@@ -430,6 +430,6 @@ class Client:
             await self._http_server.stop()
         await self.telemetry.aclose()
         await asyncio.to_thread(self.sentry.stop)
-        if self._gc_threshold is not None:
-            gc.set_threshold(*self._gc_threshold)
+        if self._release_gc_threshold is not None:
+            self._release_gc_threshold()
         logger.info("gitstafette client stopped")

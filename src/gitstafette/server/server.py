@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
-import gc
 import logging
 import signal
 import socket
@@ -32,7 +31,7 @@ from gitstafette import constants
 from gitstafette._http import EmbeddedHttpServer, HttpLimits
 from gitstafette._proto import gitstafette_info_pb2, gitstafette_info_pb2_grpc, gitstafette_pb2, gitstafette_pb2_grpc
 from gitstafette._ready_file import ReadyFile
-from gitstafette._runtime import handling_signals, raise_gc_threshold, running_loop_name
+from gitstafette._runtime import handling_signals, hold_gc_threshold, running_loop_name
 from gitstafette.config import ServerConfig
 from gitstafette.constants import SERVER_SERVICE_NAME
 from gitstafette.exceptions import ConfigError, StoreError, StoreUnavailable
@@ -168,8 +167,8 @@ class Server:
         self._grpc: grpc.aio.Server | None = None
         #: the certificate both listeners present, watched for renewal; None: plaintext
         self.tls: ServerTls | None = None
-        #: the garbage collector's thresholds before startup, put back at shutdown (see loops.GC_THRESHOLD)
-        self._gc_threshold: tuple[int, int, int] | None = None
+        #: lets go of the garbage collector's raised threshold (see _runtime.GC_THRESHOLD), at shutdown
+        self._release_gc_threshold: Callable[[], None] | None = None
         self._info = InfoService(config)
         #: startup completed: only a server that started says it stopped
         self._started = False
@@ -226,7 +225,7 @@ class Server:
             ]
         )
         self.telemetry.start()
-        self._gc_threshold = raise_gc_threshold()
+        self._release_gc_threshold = hold_gc_threshold()
         await self.store.open()
         self._grpc = self._create_grpc_server()
         address = f"{config.host}:{config.grpc_port}"
@@ -432,8 +431,8 @@ class Server:
             self.telemetry.aclose(),
         )
         await steps.step("store close", "pending writes may be lost", self.store.aclose())
-        if self._gc_threshold is not None:
-            gc.set_threshold(*self._gc_threshold)
+        if self._release_gc_threshold is not None:
+            self._release_gc_threshold()
         if self._started:
             if steps.unfinished:
                 logger.error("gitstafette server stopped, unfinished: %s", ", ".join(steps.unfinished))
