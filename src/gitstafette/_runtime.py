@@ -17,7 +17,7 @@ import math
 import random
 import signal
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -181,14 +181,17 @@ class Retrying:
                 continue
             if retrying.succeeded():
                 logger.info("… answers again")
+
+    :param sleep: what sleeps the pauses (asyncio's; a test's stand-in that records them).
     """
 
-    __slots__ = ("backoff", "failures")
+    __slots__ = ("_sleep", "backoff", "failures")
 
-    def __init__(self, backoff: Backoff) -> None:
+    def __init__(self, backoff: Backoff, sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
         self.backoff = backoff
         #: failures in a row; 0 while things work
         self.failures = 0
+        self._sleep = sleep
 
     @property
     def failing(self) -> bool:
@@ -207,4 +210,4 @@ class Retrying:
     async def pause(self, at_most_s: float | None = None) -> None:
         """Sleep the pause after the latest failure (at most ``at_most_s``, e.g. until a deadline)."""
         delay_s = self.backoff.delay_s(max(0, self.failures - 1))
-        await asyncio.sleep(delay_s if at_most_s is None else max(0.0, min(delay_s, at_most_s)))
+        await self._sleep(delay_s if at_most_s is None else max(0.0, min(delay_s, at_most_s)))
