@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gitstafette import _runtime
-from gitstafette._runtime import Backoff
+from gitstafette._runtime import Backoff, Retrying
 
 
 def test_bound_doubles_up_to_the_cap_and_jitter_stays_under_it():
@@ -27,14 +26,13 @@ def test_retrying_tells_the_first_failure_and_the_recovery_apart():
     assert retrying.failed() is True, "a new run after a recovery is logged again"
 
 
-async def test_pause_sleeps_the_backoff_of_the_run_and_at_most_the_limit(monkeypatch):
+async def test_pause_sleeps_the_backoff_of_the_run_and_at_most_the_limit():
     slept: list[float] = []
 
     async def sleep(delay_s: float) -> None:
         slept.append(delay_s)
 
-    monkeypatch.setattr(_runtime.asyncio, "sleep", sleep)
-    retrying = Backoff(0.1, 2.0, jitter=False).retrying()
+    retrying = Retrying(Backoff(0.1, 2.0, jitter=False), sleep=sleep)
     for _ in range(6):
         retrying.failed()
         await retrying.pause()

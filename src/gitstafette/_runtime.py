@@ -16,7 +16,8 @@ import gc
 import math
 import random
 import signal
-from collections.abc import Callable, Iterator, Mapping
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -30,7 +31,7 @@ __all__ = [
     "Retrying",
     "event_loop_factory",
     "handling_signals",
-    "raise_gc_threshold",
+    "hold_gc_threshold",
     "running_loop_name",
 ]
 
@@ -69,11 +70,45 @@ def running_loop_name() -> str:
     return "uvloop" if module.startswith("uvloop") else "asyncio"
 
 
-def raise_gc_threshold() -> tuple[int, int, int]:
-    """Raise the collector's first threshold to ``GC_THRESHOLD``; the thresholds before, to put back."""
-    before = gc.get_threshold()
-    gc.set_threshold(GC_THRESHOLD, *before[1:])
-    return before
+class _GcThresholdHolders:
+    """Who holds the collector's first threshold at ``GC_THRESHOLD``. There is one collector per process, and
+    a server and a client may share one (the demo, tests), each stopping when it will: the first holder
+    raises the threshold, and only the last to let go puts back the thresholds the first found."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+        self._before = gc.get_threshold()
+
+    def hold(self) -> Callable[[], None]:
+        with self._lock:
+            if self._count == 0:
+                self._before = gc.get_threshold()
+                gc.set_threshold(GC_THRESHOLD, *self._before[1:])
+            self._count += 1
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            with self._lock:
+                if not held:
+                    return
+                held = False
+                self._count -= 1
+                if self._count == 0:
+                    gc.set_threshold(*self._before)
+
+        return release
+
+
+#: the process's, as the collector is
+_gc_threshold_holders = _GcThresholdHolders()
+
+
+def hold_gc_threshold() -> Callable[[], None]:
+    """Hold the collector's first threshold at ``GC_THRESHOLD`` (see :class:`_GcThresholdHolders`); the function
+    that lets go of it (more calls than one change nothing)."""
+    return _gc_threshold_holders.hold()
 
 
 #: What ``signal.getsignal`` returns: a Python handler, SIG_DFL or SIG_IGN, or None (one not set from Python).
@@ -146,14 +181,17 @@ class Retrying:
                 continue
             if retrying.succeeded():
                 logger.info("… answers again")
+
+    :param sleep: what sleeps the pauses (asyncio's; a test's stand-in that records them).
     """
 
-    __slots__ = ("backoff", "failures")
+    __slots__ = ("_sleep", "backoff", "failures")
 
-    def __init__(self, backoff: Backoff) -> None:
+    def __init__(self, backoff: Backoff, sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
         self.backoff = backoff
         #: failures in a row; 0 while things work
         self.failures = 0
+        self._sleep = sleep
 
     @property
     def failing(self) -> bool:
@@ -172,4 +210,4 @@ class Retrying:
     async def pause(self, at_most_s: float | None = None) -> None:
         """Sleep the pause after the latest failure (at most ``at_most_s``, e.g. until a deadline)."""
         delay_s = self.backoff.delay_s(max(0, self.failures - 1))
-        await asyncio.sleep(delay_s if at_most_s is None else max(0.0, min(delay_s, at_most_s)))
+        await self._sleep(delay_s if at_most_s is None else max(0.0, min(delay_s, at_most_s)))

@@ -7,9 +7,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
 
 from gitstafette.config import OtelSettings
 from gitstafette.exceptions import ConfigError
+from gitstafette.telemetry.process import Telemetry
+from gitstafette.telemetry.tracing import Tracing
 from tests.client.utils import RecordingTarget, post_webhook, repository_of, running_client, wait_until
 from tests.grpc_clients import AckStream
 from tests.observability.utils import ExportedSpan, exported_spans, exported_sums, json_lines
@@ -108,6 +112,25 @@ def test_one_webhook_is_one_trace_from_the_http_post_to_the_target(tmp_path: Pat
         if service == "relay-client"
     ]
     assert ({"repository": repository, "outcome": "delivered", "status": "200"}, 1) in client_points
+
+
+def test_each_process_traces_as_itself_from_start_to_shutdown_and_not_at_all_while_off() -> None:
+    off = Telemetry(OtelSettings(False, "gitstafette-server"), CollectorRegistry())
+    assert off.tracer is None and off.grpc_interceptors() == [] and off.grpc_client_interceptors() is None
+
+    # A server and a client in one process (the demo): each has its own tracer, its spans under its own name.
+    exporters = {name: InMemorySpanExporter() for name in ("gitstafette-server", "gitstafette-client")}
+    for name, exporter in exporters.items():
+        tracing = Tracing(OtelSettings(True, name), exporter)
+        tracing.tracer.start_span("before start").end()
+        tracing.start()
+        tracing.tracer.start_span(f"span of {name}").end()
+        tracing.shutdown()
+        tracing.tracer.start_span("after shutdown").end()
+    for name, exporter in exporters.items():
+        [span] = exporter.get_finished_spans()
+        assert span.name == f"span of {name}"
+        assert span.resource.attributes["service.name"] == name
 
 
 def test_the_original_variables_and_the_standard_ones() -> None:

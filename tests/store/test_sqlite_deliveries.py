@@ -106,14 +106,13 @@ async def test_a_filter_that_missed_a_stored_delivery_still_stores_it_once(store
 async def test_deliveries_stored_while_the_filter_is_rebuilt_stay_in_it(
     store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(deliveries, "DELIVERIES_MIN_CAPACITY", 4)
-    store._deliveries = deliveries.StoredDeliveries((), 0)  # capacity 4 from now on
+    store._deliveries = deliveries.StoredDeliveries((), 0, min_capacity=4)  # capacity 4 from now on
     read = deliveries.StoredDeliveries.read
     scanned = threading.Event()
     release = threading.Event()
 
     def read_then_wait(cls: type[deliveries.StoredDeliveries], connection: Any) -> Any:
-        fresh = read(connection)  # what is committed now; what comes next the rebuild must add itself
+        fresh = read(connection, min_capacity=4)  # what is committed now; what comes next the rebuild must add itself
         scanned.set()
         release.wait(10)
         return fresh

@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import logging
 import signal
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -31,7 +31,7 @@ from starlette.routing import Route
 from gitstafette import __version__
 from gitstafette._http import EmbeddedHttpServer
 from gitstafette._ready_file import ReadyFile
-from gitstafette._runtime import Backoff, handling_signals, raise_gc_threshold, running_loop_name
+from gitstafette._runtime import Backoff, handling_signals, hold_gc_threshold, running_loop_name
 from gitstafette.client.consumer import Consumer, Received, Stream
 from gitstafette.client.metrics import ClientMetrics
 from gitstafette.client.relay import Relay, Settlement, TargetHealth, create_http_client, create_target
@@ -45,7 +45,7 @@ from gitstafette.security.tls import client_credentials, describe_client_tls
 from gitstafette.telemetry import tracing
 from gitstafette.telemetry.logs import bind_event, unbind_event
 from gitstafette.telemetry.process import Telemetry
-from gitstafette.telemetry.sentry import report, start_sentry, stop_sentry
+from gitstafette.telemetry.sentry import Sentry
 
 __all__ = ["Client"]
 
@@ -107,6 +107,10 @@ class Client:
         self.config = config
         self.metrics = ClientMetrics()
         self.telemetry = Telemetry(config.otel, self.metrics.registry)
+        #: the client's tracer (a ``deliver`` span per delivery); None while tracing is off
+        self.tracer = self.telemetry.tracer
+        #: where signature failures and dead letters are reported
+        self.sentry = Sentry(config.sentry_dsn, CLIENT_SERVICE_NAME, config.client_id)
         self.consumer = Consumer(config, self._on_event, self.metrics)
         self.lanes: dict[str, _DeliveryLane] = {}
         self.health_port = config.health_port
@@ -117,8 +121,8 @@ class Client:
         self._relay: Relay | None = None
         self._health: TargetHealth | None = None
         self._consumer_task: asyncio.Task[None] | None = None
-        #: the garbage collector's thresholds before startup, put back at shutdown (see loops.GC_THRESHOLD)
-        self._gc_threshold: tuple[int, int, int] | None = None
+        #: lets go of the garbage collector's raised threshold (see _runtime.GC_THRESHOLD), at shutdown
+        self._release_gc_threshold: Callable[[], None] | None = None
         self._http_server: EmbeddedHttpServer | None = None
         #: GitHub's webhook secrets: loaded at startup, checked before every delivery when there are any
         self.secrets = WebhookSecrets()
@@ -150,9 +154,9 @@ class Client:
         if not config.insecure:
             client_credentials(config.tls)  # TLS files that cannot be used stop the client now (ConfigError)
         self._http = http = create_http_client(config)
-        self._gc_threshold = raise_gc_threshold()
-        self.telemetry.start()  # before the target: a grpc:// target's channel is instrumented while tracing
-        target = create_target(config)
+        self._release_gc_threshold = hold_gc_threshold()
+        self.telemetry.start()
+        target = create_target(config, self.telemetry.grpc_client_interceptors())
         if config.target_health_url:
             self._health = TargetHealth(config.target_health_url, config.target_health_display, http, self.metrics)
         policy = RetryPolicy(
@@ -161,17 +165,14 @@ class Client:
             max_age_s=config.max_delivery_age_s,
         )
         self._relay = Relay(target, policy, self.metrics, self._health)
-        start_sentry(
-            config.sentry_dsn,
-            CLIENT_SERVICE_NAME,
-            config.client_id,
+        self.sentry.start(
             [
                 config.token,
                 config.target_token,
                 self.secrets.default,
                 *self.secrets.by_id.values(),
                 *self.secrets.by_name.values(),
-            ],
+            ]
         )
         await self._start_health_port()
         if config.insecure:
@@ -299,8 +300,8 @@ class Client:
                 continue
             lane.busy = True
             span = None
-            if tracing.tracer is not None:
-                span, token = tracing.start_delivery_span(tracing.tracer, event, self.config.target_display)
+            if self.tracer is not None:
+                span, token = tracing.start_delivery_span(self.tracer, event, self.config.target_display)
             settlement = None
             try:
                 settlement = await self._relay.deliver(event, self._stopping, stream.ended)
@@ -327,7 +328,7 @@ class Client:
         self.metrics.settled("bad-signature").inc()
         self.metrics.dead_letters(event.repository_id).inc()
         reason = f"refused by the client, not delivered: {problem} (altered after GitHub signed it, or another secret)"
-        report(f"event refused by the client: {problem}", "signature-failure", event, level="error")
+        self.sentry.report(f"event refused by the client: {problem}", "signature-failure", event, level="error")
         logger.warning(
             "%s#%d (delivery %s, %d bytes) not delivered: %s; reported to the server as a dead letter",
             event.repository_id,
@@ -366,7 +367,7 @@ class Client:
                 settlement.attempts,
                 settlement.reason,
             )
-            report(
+            self.sentry.report(
                 f"dead letter after {settlement.attempts} attempts: {settlement.reason[:200]}",
                 "dead-letter",
                 event,
@@ -428,7 +429,7 @@ class Client:
         if self._http_server is not None:
             await self._http_server.stop()
         await self.telemetry.aclose()
-        await asyncio.to_thread(stop_sentry)
-        if self._gc_threshold is not None:
-            gc.set_threshold(*self._gc_threshold)
+        await asyncio.to_thread(self.sentry.stop)
+        if self._release_gc_threshold is not None:
+            self._release_gc_threshold()
         logger.info("gitstafette client stopped")

@@ -11,8 +11,10 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -27,7 +29,6 @@ from gitstafette.client.retry import RetryPolicy, Verdict, parse_retry_after, ve
 from gitstafette.config import ClientConfig
 from gitstafette.constants import METADATA_AUTHORIZATION
 from gitstafette.model import WebhookEvent, event_to_pb
-from gitstafette.telemetry import tracing
 
 __all__ = [
     "Attempt",
@@ -189,9 +190,13 @@ class HttpTarget(Target):
 
 
 class GrpcTarget(Target):
-    """Pushes each event to another gitstafette server (``WebhookEventPush``): chained relays."""
+    """Pushes each event to another gitstafette server (``WebhookEventPush``): chained relays.
 
-    def __init__(self, url: str, config: ClientConfig) -> None:
+    :param interceptors: the channel's client interceptors: while tracing, OpenTelemetry's, so that each push
+        gets a gRPC client span whose context the next server continues.
+    """
+
+    def __init__(self, url: str, config: ClientConfig, interceptors: Sequence[Any] | None = None) -> None:
         parts = urlsplit(url)
         self.address = parts.netloc
         self.client_id = config.client_id
@@ -200,8 +205,6 @@ class GrpcTarget(Target):
             ("grpc.max_send_message_length", config.grpc_max_message_bytes),
             ("grpc.max_receive_message_length", config.grpc_max_message_bytes),
         ]
-        # While tracing, each push gets a gRPC client span whose context the next server continues.
-        interceptors = tracing.grpc_client_interceptors() if tracing.tracer is not None else None
         if parts.scheme.lower() == "grpcs":
             credentials = grpc.ssl_channel_credentials()
             self.channel = grpc.aio.secure_channel(self.address, credentials, options, interceptors=interceptors)
@@ -240,9 +243,10 @@ class GrpcTarget(Target):
         return f"GrpcTarget({self.address!r})"
 
 
-def create_target(config: ClientConfig) -> Target:
+def create_target(config: ClientConfig, grpc_interceptors: Sequence[Any] | None = None) -> Target:
+    """The target ``config`` names; ``grpc_interceptors`` are a ``grpc://`` target's (see :class:`GrpcTarget`)."""
     if config.target_kind == "grpc":
-        return GrpcTarget(config.target, config)
+        return GrpcTarget(config.target, config, grpc_interceptors)
     return HttpTarget(config.target, config.delivery_timeout_s)
 
 

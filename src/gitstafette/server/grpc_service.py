@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import NoReturn
 
 import grpc
-from opentelemetry.trace import Span
+from opentelemetry.trace import Span, Tracer
 
 from gitstafette import __version__
 from gitstafette._proto import gitstafette_info_pb2 as info_pb
@@ -69,6 +69,7 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
         dispatcher: Dispatcher,
         auth: Authenticator,
         audit: AuditLog,
+        tracer: Tracer | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -76,7 +77,7 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
         self.dispatcher = dispatcher
         self.auth = auth
         self.audit = audit
-        self._responses = StreamResponses(config.server_id, audit)
+        self._responses = StreamResponses(config.server_id, audit, tracer=tracer)
 
     async def _authorize(
         self, grant: Grant, spec: str, context: grpc.aio.ServicerContext, body_name: str = ""

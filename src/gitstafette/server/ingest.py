@@ -13,8 +13,9 @@ from gitstafette.github.webhook import webhook_payload
 from gitstafette.model import WebhookEvent
 from gitstafette.server.metrics import ServerMetrics
 from gitstafette.store import AppendResult, EventStore
-from gitstafette.telemetry import sentry, tracing
+from gitstafette.telemetry import tracing
 from gitstafette.telemetry.logs import bind_event
+from gitstafette.telemetry.sentry import Sentry
 
 __all__ = ["Ingest", "Outcome"]
 
@@ -43,6 +44,8 @@ class Ingest:
     public (``GET /v1/watchlist``). Nothing refused is stored.
 
     :param secrets: the webhook secrets; replaced as a whole when they are reloaded.
+    :param tracer: the server's tracer (``ingest`` and ``store append`` spans); None while tracing is off.
+    :param sentry: where signature failures are reported; None: nowhere.
     """
 
     def __init__(
@@ -51,11 +54,15 @@ class Ingest:
         store: EventStore,
         metrics: ServerMetrics,
         secrets: WebhookSecrets | None = None,
+        tracer: tracing.Tracer | None = None,
+        sentry: Sentry | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.secrets = secrets or WebhookSecrets(config.webhook_secret)
         self.metrics = metrics
+        self.tracer = tracer
+        self.sentry = sentry
 
     def count(self, outcome: Outcome, repository_id: str, event_type: str) -> Outcome:
         self.metrics.webhooks(repository_id, event_type, outcome.outcome).inc()
@@ -67,11 +74,11 @@ class Ingest:
         :param body_checked: the body is already known to be a payload (the HTTP endpoint parsed it to
             route an organization or App hook), so it is not parsed again.
         """
-        if tracing.tracer is None:
+        if self.tracer is None:
             bind_event(event.delivery_id)  # the rest of this request's log lines are about it
             outcome = await self._store_event(event, body_checked)
         else:
-            outcome = await self._store_event_traced(event, body_checked, tracing.tracer)
+            outcome = await self._store_event_traced(event, body_checked, self.tracer)
         return self.count(outcome, event.repository_id, event.event_type)
 
     async def _store_event_traced(self, event: WebhookEvent, body_checked: bool, tracer: tracing.Tracer) -> Outcome:
@@ -88,9 +95,9 @@ class Ingest:
             return outcome
 
     async def _append(self, event: WebhookEvent) -> AppendResult:
-        if tracing.tracer is None:
+        if self.tracer is None:
             return await self.store.append(event)
-        with tracing.tracer.start_as_current_span("store append", attributes={"db.system": self.store.kind}):
+        with self.tracer.start_as_current_span("store append", attributes={"db.system": self.store.kind}):
             return await self.store.append(event)
 
     async def _store_event(self, event: WebhookEvent, body_checked: bool) -> Outcome:
@@ -103,7 +110,8 @@ class Ingest:
         )
         if problem:
             logger.warning("delivery %s for repository %s refused: %s", event.delivery_id, event.repository_id, problem)
-            sentry.report(f"webhook signature check failed: {problem}", "signature-failure", event, status=401)
+            if self.sentry is not None:
+                self.sentry.report(f"webhook signature check failed: {problem}", "signature-failure", event, status=401)
             return Outcome(401, f"signature check failed: {problem}", "rejected-signature")
         if not body_checked:
             try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
-import gc
 import logging
 import signal
 import socket
@@ -32,7 +31,7 @@ from gitstafette import constants
 from gitstafette._http import EmbeddedHttpServer, HttpLimits
 from gitstafette._proto import gitstafette_info_pb2, gitstafette_info_pb2_grpc, gitstafette_pb2, gitstafette_pb2_grpc
 from gitstafette._ready_file import ReadyFile
-from gitstafette._runtime import handling_signals, raise_gc_threshold, running_loop_name
+from gitstafette._runtime import handling_signals, hold_gc_threshold, running_loop_name
 from gitstafette.config import ServerConfig
 from gitstafette.constants import SERVER_SERVICE_NAME
 from gitstafette.exceptions import ConfigError, StoreError, StoreUnavailable
@@ -47,7 +46,7 @@ from gitstafette.server.ingest import Ingest
 from gitstafette.server.metrics import ServerMetrics, TimedStore
 from gitstafette.store import EventStore, create_store
 from gitstafette.telemetry.process import Telemetry
-from gitstafette.telemetry.sentry import start_sentry, stop_sentry
+from gitstafette.telemetry.sentry import Sentry
 
 __all__ = ["Server"]
 
@@ -155,9 +154,10 @@ class Server:
         #: the store every component uses: the backend (``store.inner``) with its operations timed
         self.store: TimedStore = self.metrics.store
         self.dispatcher = Dispatcher(self.store)
-        self.ingest = Ingest(config, self.store, self.metrics, secrets)
-        self.audit = AuditLog(self.store, self.metrics)
         self.telemetry = Telemetry(config.otel, self.metrics.registry, self.metrics.backlog.refresh)
+        self.sentry = Sentry(config.sentry_dsn, SERVER_SERVICE_NAME, config.server_id)
+        self.ingest = Ingest(config, self.store, self.metrics, secrets, self.telemetry.tracer, self.sentry)
+        self.audit = AuditLog(self.store, self.metrics)
         self.health = HealthServicer()
         self.http_port = config.http_port
         self.grpc_port = config.grpc_port
@@ -167,8 +167,8 @@ class Server:
         self._grpc: grpc.aio.Server | None = None
         #: the certificate both listeners present, watched for renewal; None: plaintext
         self.tls: ServerTls | None = None
-        #: the garbage collector's thresholds before startup, put back at shutdown (see loops.GC_THRESHOLD)
-        self._gc_threshold: tuple[int, int, int] | None = None
+        #: lets go of the garbage collector's raised threshold (see _runtime.GC_THRESHOLD), at shutdown
+        self._release_gc_threshold: Callable[[], None] | None = None
         self._info = InfoService(config)
         #: startup completed: only a server that started says it stopped
         self._started = False
@@ -215,20 +215,17 @@ class Server:
         # The certificate first: files that cannot be used stop the server before it opens anything.
         self.tls = ServerTls(config.tls) if config.tls.enabled else None
         secrets = self.ingest.secrets
-        start_sentry(
-            config.sentry_dsn,
-            SERVER_SERVICE_NAME,
-            config.server_id,
+        self.sentry.start(
             [
                 config.oauth_token,
                 config.admin_token,
                 secrets.default,
                 *secrets.by_id.values(),
                 *secrets.by_name.values(),
-            ],
+            ]
         )
         self.telemetry.start()
-        self._gc_threshold = raise_gc_threshold()
+        self._release_gc_threshold = hold_gc_threshold()
         await self.store.open()
         self._grpc = self._create_grpc_server()
         address = f"{config.host}:{config.grpc_port}"
@@ -331,7 +328,10 @@ class Server:
             ],
         )
         gitstafette_pb2_grpc.add_GitstafetteServicer_to_server(  # type: ignore[no-untyped-call]
-            GitstafetteService(self.config, self.store, self.ingest, self.dispatcher, self.auth, self.audit), server
+            GitstafetteService(
+                self.config, self.store, self.ingest, self.dispatcher, self.auth, self.audit, self.telemetry.tracer
+            ),
+            server,
         )
         gitstafette_info_pb2_grpc.add_InfoServicer_to_server(self._info, server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -431,11 +431,11 @@ class Server:
             self.telemetry.aclose(),
         )
         await steps.step("store close", "pending writes may be lost", self.store.aclose())
-        if self._gc_threshold is not None:
-            gc.set_threshold(*self._gc_threshold)
+        if self._release_gc_threshold is not None:
+            self._release_gc_threshold()
         if self._started:
             if steps.unfinished:
                 logger.error("gitstafette server stopped, unfinished: %s", ", ".join(steps.unfinished))
             else:
                 logger.info("gitstafette server stopped")
-        await steps.step("Sentry flush", "reports not sent yet may be lost", asyncio.to_thread(stop_sentry))
+        await steps.step("Sentry flush", "reports not sent yet may be lost", asyncio.to_thread(self.sentry.stop))

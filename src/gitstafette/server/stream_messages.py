@@ -8,7 +8,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from opentelemetry.trace import Span
+from opentelemetry.trace import Span, Tracer
 
 from gitstafette._proto import gitstafette_pb2 as pb
 from gitstafette.model import WebhookEvent, event_to_pb
@@ -65,9 +65,13 @@ class EventMessages:
 class StreamResponses:
     """The messages of the acknowledged stream: events (one, or a batch), the subscription, heartbeats."""
 
-    def __init__(self, server_id: str, audit: AuditLog, messages: EventMessages | None = None) -> None:
+    def __init__(
+        self, server_id: str, audit: AuditLog, messages: EventMessages | None = None, tracer: Tracer | None = None
+    ) -> None:
         self.server_id = server_id
         self.audit = audit
+        #: the server's tracer (a ``stream`` span per event sent); None while tracing is off
+        self.tracer = tracer
         #: shared with the original stream's responses (``webhook_events``)
         self.messages = messages or EventMessages()
 
@@ -102,8 +106,8 @@ class StreamResponses:
             redelivery=outgoing.redelivery,
             replay=outgoing.replay,
         )
-        if tracing.tracer is not None:
-            spans.append(tracing.start_stream_span(tracing.tracer, event, client_id, relayed.trace_context))
+        if self.tracer is not None:
+            spans.append(tracing.start_stream_span(self.tracer, event, client_id, relayed.trace_context))
         return relayed
 
     def __repr__(self) -> str:

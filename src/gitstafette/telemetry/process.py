@@ -1,4 +1,4 @@
-"""A process's OpenTelemetry, started and stopped with it: the tracer, and the OTLP export of its metrics."""
+"""A process's OpenTelemetry, started and stopped with it: its tracer, and the OTLP export of its metrics."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp
 
 from gitstafette.config import OtelSettings
-from gitstafette.telemetry import tracing
 from gitstafette.telemetry.otlp_metrics import OtlpMetricsBridge
+from gitstafette.telemetry.tracing import Tracer, Tracing
 
 __all__ = ["Telemetry"]
 
@@ -25,6 +25,9 @@ UNTRACED_PATHS = "healthz,readyz,metrics,health,ready"
 
 class Telemetry:
     """Traces and OTLP metrics of one server or client, when ``settings.enabled``; nothing at all when not.
+
+    :attr:`tracer` is what the process hands the components that make spans, from their construction on
+    (spans leave once :meth:`start` ran); None while tracing is off.
 
     :param before_export: refreshes what is measured on demand before each OTLP export (the backlog).
     """
@@ -38,6 +41,9 @@ class Telemetry:
         self.settings = settings
         self.registry = registry
         self.before_export = before_export
+        self.tracing = Tracing(settings) if settings.enabled else None
+        #: the process's tracer; None while tracing is off
+        self.tracer: Tracer | None = None if self.tracing is None else self.tracing.tracer
         self.bridge: OtlpMetricsBridge | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -46,25 +52,35 @@ class Telemetry:
         return self.settings.enabled
 
     def start(self) -> None:
-        """Set the tracer up and start exporting metrics (in the running event loop)."""
-        if not self.enabled:
+        """Start exporting spans and metrics (in the running event loop)."""
+        if self.tracing is None:
             return
-        tracing.start_tracing(self.settings)
-        resource = tracing.resource(self.settings)
+        self.tracing.start()
+        resource = self.tracing.provider.resource
         self.bridge = OtlpMetricsBridge.from_settings(self.settings, self.registry, resource, self.before_export)
         self._task = asyncio.create_task(self.bridge.run(), name="otlp-metrics")
 
     def instrument_http(self, app: ASGIApp) -> ASGIApp:
         """``app`` under OpenTelemetry's ASGI middleware (HTTP server spans, W3C context of the caller)."""
-        if not self.enabled:
+        if self.tracing is None:
             return app
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
-        return OpenTelemetryMiddleware(app, excluded_urls=UNTRACED_PATHS, exclude_spans=["receive", "send"])
+        return OpenTelemetryMiddleware(
+            app,
+            excluded_urls=UNTRACED_PATHS,
+            exclude_spans=["receive", "send"],
+            tracer_provider=self.tracing.provider,
+        )
 
     def grpc_interceptors(self) -> list[Any]:
-        """OpenTelemetry's gRPC server interceptors (see :func:`tracing.grpc_server_interceptors`); none while off."""
-        return tracing.grpc_server_interceptors() if self.enabled else []
+        """OpenTelemetry's gRPC server interceptors (see :meth:`Tracing.grpc_server_interceptors`); none while off."""
+        return [] if self.tracing is None else self.tracing.grpc_server_interceptors()
+
+    def grpc_client_interceptors(self) -> list[Any] | None:
+        """OpenTelemetry's gRPC client interceptors, for a channel whose calls continue the current trace (a
+        ``grpc://`` target's); None while off."""
+        return None if self.tracing is None else self.tracing.grpc_client_interceptors()
 
     async def aclose(self) -> None:
         """Export the last metrics and the spans still pending."""
@@ -77,8 +93,8 @@ class Telemetry:
                 await self.bridge.aclose()
             except Exception:
                 logger.exception("the last OTLP metrics export failed")
-        if self.enabled:
-            await asyncio.to_thread(tracing.shutdown_tracing)
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)
 
     def __repr__(self) -> str:
         return f"Telemetry({self.settings.describe()})"

@@ -6,7 +6,11 @@ span, made when the event goes out on a client's stream, continues the same trac
 travels in ``RelayedEvent.trace_context`` (W3C ``traceparent``), and the client's ``deliver`` span
 continues from it: a trace viewer shows the whole journey.
 
-Off by default. While off, :data:`tracer` is None and the hot paths test only that: no span, no context.
+Off by default. Each process (a server, a client) owns its :class:`Tracing`, made with it, and hands its
+tracer to the components that make spans (``Ingest``, ``StreamResponses``, the client's lanes); while off
+they hold None and the hot paths test only that: no span, no context. The tracer provider is the
+process's too, given to the instrumentation (the ASGI middleware, the gRPC interceptors) rather than set
+as OpenTelemetry's global one: a server and a client in one process (the demo) trace each as itself.
 """
 
 from __future__ import annotations
@@ -33,26 +37,18 @@ __all__ = [
     "Status",
     "StatusCode",
     "Tracer",
+    "Tracing",
     "context_of",
     "current_trace_context",
     "event_attributes",
     "end_delivery_span",
-    "grpc_client_interceptors",
-    "grpc_server_interceptors",
     "inject_into",
-    "shutdown_tracing",
     "start_delivery_span",
     "start_stream_span",
-    "start_tracing",
     "trace_id_of",
-    "tracer",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: the process's tracer while tracing is on; None while it is off (the default)
-tracer: Tracer | None = None
-_provider: TracerProvider | None = None
 
 
 def span_exporter(protocol: Protocol, endpoint: str | None) -> SpanExporter:
@@ -70,28 +66,49 @@ def resource(settings: OtelSettings) -> Resource:
     return Resource.create({"service.name": settings.service_name, "service.version": __version__})
 
 
-def start_tracing(settings: OtelSettings, exporter: SpanExporter | None = None) -> Tracer | None:
-    """Set up the tracer provider and :data:`tracer` (when ``settings.enabled``); spans go through a batch
-    processor to ``exporter`` (by default the OTLP exporter the settings name)."""
-    global tracer, _provider
-    if not settings.enabled:
-        return None
-    sampler = None if settings.sampling_rate is None else ParentBased(TraceIdRatioBased(settings.sampling_rate))
-    _provider = TracerProvider(resource=resource(settings), sampler=sampler)
-    _provider.add_span_processor(
-        BatchSpanProcessor(exporter or span_exporter(settings.traces_protocol, settings.traces_endpoint))
-    )
-    trace.set_tracer_provider(_provider)
-    tracer = _provider.get_tracer("gitstafette", __version__)
-    return tracer
+class Tracing:
+    """The traces of one process: its tracer provider, and the :attr:`tracer` handed to what makes spans.
 
+    Made with the process, so that its components get the tracer when they are built; no span leaves
+    before :meth:`start` adds the batch processor that exports them (to ``exporter``, by default the OTLP
+    exporter the settings name), nor after :meth:`shutdown`.
+    """
 
-def shutdown_tracing() -> None:
-    """Export the spans still pending and stop (at the end of the process)."""
-    global tracer, _provider
-    if _provider is not None:
-        _provider.shutdown()
-    tracer, _provider = None, None
+    def __init__(self, settings: OtelSettings, exporter: SpanExporter | None = None) -> None:
+        self.settings = settings
+        self._exporter = exporter
+        sampler = None if settings.sampling_rate is None else ParentBased(TraceIdRatioBased(settings.sampling_rate))
+        self.provider = TracerProvider(resource=resource(settings), sampler=sampler)
+        self.tracer: Tracer = self.provider.get_tracer("gitstafette", __version__)
+
+    def start(self) -> None:
+        """Export spans from now on, through a batch processor (its own thread)."""
+        exporter = self._exporter or span_exporter(self.settings.traces_protocol, self.settings.traces_endpoint)
+        self.provider.add_span_processor(BatchSpanProcessor(exporter))
+
+    def shutdown(self) -> None:
+        """Export the spans still pending and stop (at the end of the process)."""
+        self.provider.shutdown()
+
+    def grpc_client_interceptors(self) -> list[Any]:
+        """OpenTelemetry's gRPC client interceptors (a span per call, the context sent in its metadata)."""
+        from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+        return list(aio_client_interceptors(tracer_provider=self.provider))  # type: ignore[no-untyped-call]
+
+    def grpc_server_interceptors(self) -> list[Any]:
+        """OpenTelemetry's gRPC server interceptor for ``WebhookEventPush`` (a chained relay's push continues
+        its caller's trace). The long-lived streams get no span of their own: each event has its ``stream``
+        span; health checks and reflection are not traced."""
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+
+        interceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
+            tracer_provider=self.provider, filter_=filters.method_name("WebhookEventPush")
+        )
+        return [interceptor]
+
+    def __repr__(self) -> str:
+        return f"Tracing({self.settings.service_name!r})"
 
 
 def current_trace_context() -> tuple[tuple[str, str], ...]:
@@ -155,22 +172,6 @@ def end_delivery_span(
     if acknowledged is False:
         span.set_status(Status(StatusCode.ERROR, reason[:200]))
     span.end()
-
-
-def grpc_client_interceptors() -> list[Any]:
-    """OpenTelemetry's gRPC client interceptors (a span per call, the context sent in its metadata)."""
-    from opentelemetry.instrumentation.grpc import aio_client_interceptors
-
-    return list(aio_client_interceptors())  # type: ignore[no-untyped-call]
-
-
-def grpc_server_interceptors() -> list[Any]:
-    """OpenTelemetry's gRPC server interceptor for ``WebhookEventPush`` (a chained relay's push continues
-    its caller's trace). The long-lived streams get no span of their own: each event has its ``stream``
-    span; health checks and reflection are not traced."""
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
-
-    return [aio_server_interceptor(filter_=filters.method_name("WebhookEventPush"))]  # type: ignore[no-untyped-call]
 
 
 def trace_id_of(trace_context: Iterable[tuple[str, str]]) -> str:

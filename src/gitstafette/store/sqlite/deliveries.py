@@ -19,10 +19,14 @@ class StoredDeliveries:
 
     A pruned event stays in it (a false positive costs one lookup) until it is rebuilt from the file, which
     ``SQLiteStore`` does once it took more than its capacity.
+
+    :param min_capacity: the least it holds before it is full (twice ``count`` when that is more).
     """
 
-    def __init__(self, keys: Iterable[tuple[str, str]], count: int) -> None:
-        self.capacity = max(DELIVERIES_MIN_CAPACITY, 2 * count)
+    def __init__(
+        self, keys: Iterable[tuple[str, str]], count: int, min_capacity: int = DELIVERIES_MIN_CAPACITY
+    ) -> None:
+        self.capacity = max(min_capacity, 2 * count)
         self._bloom = Bloom(self.capacity, DELIVERIES_FALSE_POSITIVES)
         self._bloom.update(keys)
         self.count = count
@@ -30,9 +34,9 @@ class StoredDeliveries:
         self.recorded: list[tuple[str, str]] | None = None
 
     @classmethod
-    def read(cls, connection: sqlite3.Connection) -> StoredDeliveries:
+    def read(cls, connection: sqlite3.Connection, min_capacity: int = DELIVERIES_MIN_CAPACITY) -> StoredDeliveries:
         (count,) = connection.execute("SELECT COUNT(*) FROM events").fetchone()
-        return cls(connection.execute("SELECT repository_id, delivery_id FROM events"), count)
+        return cls(connection.execute("SELECT repository_id, delivery_id FROM events"), count, min_capacity)
 
     def __contains__(self, key: tuple[str, str]) -> bool:
         return key in self._bloom
