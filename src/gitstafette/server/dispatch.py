@@ -29,6 +29,7 @@ from typing import Any
 from gitstafette._runtime import Backoff
 from gitstafette.exceptions import StoreError, StoreUnavailable
 from gitstafette.model import DeadLetter, WebhookEvent
+from gitstafette.server.cursor_writer import CursorWriter
 from gitstafette.store import EventStore, Lease
 
 __all__ = ["AssignmentChanged", "Connection", "Dispatcher", "EndOfStream", "OutboxItem", "Outgoing"]
@@ -332,53 +333,6 @@ class Lane:
         await self.group.dispatcher.cursor_writer.flush()
 
 
-class _CursorWriter:
-    """Writes the cursors that acknowledgements moved to the store, behind the streams: whatever moved while
-    one write was in flight goes in the next, in one :meth:`EventStore.set_cursors` call for every client id
-    and repository (a fan-out to many client ids acknowledged at once costs one store write, not one each)."""
-
-    def __init__(self, store: EventStore) -> None:
-        self.store = store
-        #: (client id, repository) → cursor, moved since the write in flight began
-        self._moved: dict[tuple[str, str], int] = {}
-        #: done once the write of ``_moved`` is done; None while nothing moved
-        self._next: asyncio.Future[None] | None = None
-        #: done once the write in flight is done
-        self._writing: asyncio.Future[None] | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    def put(self, client_id: str, repository_id: str, cursor: int) -> None:
-        self._moved[(client_id, repository_id)] = cursor
-        if self._next is None:
-            self._next = asyncio.get_running_loop().create_future()
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="cursor writer")
-
-    async def _run(self) -> None:
-        try:
-            while self._next is not None:
-                moved, self._moved = self._moved, {}
-                self._writing, self._next = self._next, None
-                try:
-                    await self.store.set_cursors(moved)
-                except Exception:
-                    logger.exception("cannot save %d cursors, e.g. %s", len(moved), next(iter(moved.items())))
-                finally:
-                    self._writing.set_result(None)
-                    self._writing = None
-        finally:
-            self._task = None
-
-    async def flush(self) -> None:
-        """Wait until every cursor put so far is written (or failed to be)."""
-        pending = self._next or self._writing
-        if pending is not None:
-            await asyncio.shield(pending)
-
-    def __repr__(self) -> str:
-        return f"_CursorWriter(moved={len(self._moved)}, writing={self._writing is not None})"
-
-
 class Connection:
     """One acknowledged stream: what it wants, the lanes it holds, and its queue of messages to send."""
 
@@ -475,7 +429,7 @@ class Dispatcher:
         self.window = window
         self.window_bytes = window_bytes
         self._groups: dict[str, _Group] = {}
-        self.cursor_writer = _CursorWriter(store)
+        self.cursor_writer = CursorWriter(store)
         #: replays that other replicas were asked for, being sent here
         self._replaying: set[asyncio.Task[None]] = set()
         #: connections that left, still stopping their lanes (see disconnect)
