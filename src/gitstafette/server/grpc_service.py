@@ -24,16 +24,9 @@ from gitstafette.github.webhook import repository_in_body
 from gitstafette.model import WebhookEvent, event_from_pb
 from gitstafette.server.audit import AuditLog
 from gitstafette.server.auth import Authenticator, Grant, Session
-from gitstafette.server.dispatch import (
-    STORE_RETRY,
-    AssignmentChanged,
-    Connection,
-    Dispatcher,
-    EndOfStream,
-    OutboxItem,
-    Outgoing,
-)
+from gitstafette.server.dispatch import AssignmentChanged, Connection, Dispatcher, EndOfStream, OutboxItem, Outgoing
 from gitstafette.server.ingest import Ingest
+from gitstafette.server.lane import STORE_RETRY
 from gitstafette.server.stream_messages import BATCH_MAX_BYTES, BATCH_MAX_EVENTS, StreamResponses
 from gitstafette.store import EventStore
 
