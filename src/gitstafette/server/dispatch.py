@@ -61,7 +61,7 @@ class EndOfStream:
     error: str | None = None
 
 
-#: What the dispatcher hands a stream, in the order the stream sends it (grpc_service.StreamResponses turns
+#: What the dispatcher hands a stream, in the order the stream sends it (stream_messages.StreamResponses turns
 #: each into its protobuf message).
 OutboxItem = Outgoing | AssignmentChanged | EndOfStream
 

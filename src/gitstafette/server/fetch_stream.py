@@ -24,7 +24,7 @@ from gitstafette.server.lane import STORE_RETRY
 from gitstafette.server.stream_messages import FetchResponses
 from gitstafette.store import EventStore
 
-__all__ = ["FetchStreams"]
+__all__ = ["READ_LIMIT", "FetchStreams"]
 
 logger = logging.getLogger(__name__)
 
