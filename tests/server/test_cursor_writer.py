@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from gitstafette.server.dispatch import _CursorWriter
+from gitstafette.server.cursor_writer import CursorWriter
 from gitstafette.store.memory import MemoryStore
 
 REPO = "186853002"
@@ -33,7 +33,7 @@ class GatedStore(MemoryStore):
 
 async def test_cursors_moved_during_a_write_go_together_in_the_next() -> None:
     store = GatedStore()
-    writer = _CursorWriter(store)
+    writer = CursorWriter(store)
     writer.put("c0", REPO, 1)
     await asyncio.sleep(0)  # the first write starts, and waits at the gate
     for i in range(100):
@@ -49,7 +49,7 @@ async def test_cursors_moved_during_a_write_go_together_in_the_next() -> None:
 
 async def test_flush_waits_for_what_was_put_before_it_only() -> None:
     store = GatedStore()
-    writer = _CursorWriter(store)
+    writer = CursorWriter(store)
     await writer.flush()  # nothing to write: returns at once
     writer.put("c", REPO, 1)
     flushing = asyncio.create_task(writer.flush())
@@ -64,7 +64,7 @@ async def test_a_failed_write_is_logged_and_the_next_goes_on(caplog: pytest.LogC
     store = GatedStore()
     store.fail = True
     store.gate.set()
-    writer = _CursorWriter(store)
+    writer = CursorWriter(store)
     writer.put("c", REPO, 1)
     await writer.flush()
     assert "cannot save 1 cursors" in caplog.text

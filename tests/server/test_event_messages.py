@@ -1,10 +1,13 @@
-"""An event fanned out to many streams is converted to protobuf once, and each stream's message is its own."""
+"""An event fanned out to many streams is converted to protobuf once, and each stream's message is its own; the
+original stream's messages hold as many events as fit one message."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from gitstafette._proto import gitstafette_pb2 as pb
 from gitstafette.model import WebhookEvent, event_to_pb
-from gitstafette.server.stream_messages import EventMessages
+from gitstafette.server.stream_messages import EventMessages, FetchResponses
 
 HEADERS = (("X-GitHub-Event", "push"), ("Content-Type", "application/json"))
 
@@ -42,3 +45,15 @@ def test_only_the_newest_events_are_kept_within_a_count_and_a_byte_budget() -> N
     big = messages.get(event("big", 9, body=b"x" * 5000))
     assert messages.get(event("big", 9, body=b"x" * 5000)) is big
     assert repr(messages) == "EventMessages(events=1, bytes=5000)"
+
+
+def test_the_original_stream_sends_as_many_events_as_fit_one_message_and_at_least_one() -> None:
+    sent: list[tuple[str, str, int, str]] = []
+    responses = FetchResponses(SimpleNamespace(record=lambda *args: sent.append(args)), max_body_bytes=100)  # type: ignore[arg-type]
+    events = [event(f"d{i}", i, body=b"x" * 40) for i in range(1, 5)]
+    assert responses.fit_one_message(events) == events[:2]
+    assert responses.fit_one_message([event("big", 9, body=b"x" * 500), *events]) == [event("big", 9, b"x" * 500)]
+    message = responses.events("ci", "186853002", events[:2])
+    assert [e.event_id for e in message.webhook_events] == ["d1", "d2"]
+    assert sent == [("ci", "186853002", 1, "sent"), ("ci", "186853002", 2, "sent")]
+    assert responses.heartbeat() == pb.WebhookEventsResponse()

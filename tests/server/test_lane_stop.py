@@ -10,15 +10,18 @@ from typing import Any
 
 import pytest
 
-from gitstafette.server.dispatch import Dispatcher, Lane, Outgoing
+from gitstafette.server.cursor_writer import CursorWriter
+from gitstafette.server.dispatch import Dispatcher, Outgoing
+from gitstafette.server.lane import DEFAULT_WINDOW, Lane, LaneContext, Progress
 from gitstafette.store import Lease
 from gitstafette.store.memory import MemoryStore
 from tests.store.test_store_suite import REPO_A, event
 
 
 def _lane(task_body: Any) -> Lane:
-    group = SimpleNamespace(client_id="c", dispatcher=Dispatcher(MemoryStore()))
-    lane = Lane(group, SimpleNamespace(id=1), "537845873")  # type: ignore[arg-type]
+    store = MemoryStore()
+    context = LaneContext(store, CursorWriter(store), DEFAULT_WINDOW)
+    lane = Lane("c", "537845873", context, SimpleNamespace(id=1), Progress(), lambda lane: None)  # type: ignore[arg-type]
     lane.task = asyncio.create_task(task_body())
     return lane
 

@@ -23,7 +23,8 @@ async def test_heartbeats_while_idle_and_an_event_as_soon_as_it_is_there() -> No
     store = MemoryStore()
     dispatcher = Dispatcher(store)
     audit = SimpleNamespace(record=lambda *args: None)
-    service = GitstafetteService(ServerConfig(heartbeat_s=0.05), store, None, dispatcher, None, audit)  # type: ignore[arg-type]
+    auth = SimpleNamespace(required=False)
+    service = GitstafetteService(ServerConfig(heartbeat_s=0.05), store, None, dispatcher, auth, audit)  # type: ignore[arg-type]
     connection = dispatcher.connect("ci", [])
     responses = service._serve_stream(_silent_client(), connection, [], batches=False)
     kinds = [(await anext(responses)).WhichOneof("kind") for _ in range(3)]

@@ -1,14 +1,16 @@
 """Who gets which event on the acknowledged stream.
 
 Each client id is a *group* of connections. Every repository the group wants is served by one
-connection at a time, through a *lane* that sends the repository's events in sequence order and keeps
-at most ``window`` of them unacknowledged. The group's cursor of a repository is the highest sequence
-below which everything was acknowledged (or reported failed); it is what the store remembers, so a
-lane that ends, for whatever reason, leaves its unacknowledged events to be sent again by the next.
+connection at a time, through a *lane* (``lane.Lane``) that sends the repository's events in sequence
+order and keeps at most a window of them unacknowledged. The group's cursor of a repository is the highest
+sequence below which everything was acknowledged (or reported failed); it is what the store remembers
+(written behind the streams by ``cursor_writer.CursorWriter``), so a lane that ends, for whatever reason,
+leaves its unacknowledged events to be sent again by the next.
 
 Lanes are balanced between the connections of a group: a connection holding two lanes more than
 another stops sending on one of them, and hands it over once all it sent there is acknowledged, so
-order is kept across the handover.
+order is kept across the handover. The group decides and the lane carries it out: the group asks a lane to
+hand off, and takes it away once the lane reports that everything it sent is settled.
 
 Across server replicas sharing a store, a lane serves only while it holds the store's lease of its
 (client id, repository) (``EventStore.lease``; the in-process stores grant it at once): a lane whose lease
@@ -21,44 +23,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
 
-from gitstafette._runtime import Backoff
-from gitstafette.exceptions import StoreError, StoreUnavailable
-from gitstafette.model import DeadLetter, WebhookEvent
-from gitstafette.store import EventStore, Lease
+from gitstafette.exceptions import StoreError
+from gitstafette.model import WebhookEvent
+from gitstafette.server.cursor_writer import CursorWriter
+from gitstafette.server.lane import DEFAULT_WINDOW, Lane, LaneContext, Progress, Window
+from gitstafette.store import EventStore
 
 __all__ = ["AssignmentChanged", "Connection", "Dispatcher", "EndOfStream", "OutboxItem", "Outgoing"]
 
 logger = logging.getLogger(__name__)
 
-#: Most unacknowledged events per lane, and most unacknowledged body bytes (at least one event goes).
-DEFAULT_WINDOW = 256
-DEFAULT_WINDOW_BYTES = 32 * 1024 * 1024
-
-#: How long a stream waits before trying an unavailable store again: 0.1 s, doubling up to 2 s.
-STORE_RETRY = Backoff(0.1, 2.0, jitter=False)
-
-#: How long a lane's task may take to stop once cancelled before its lease is given up without it.
-LANE_STOP_S = 5.0
-
 _connection_ids = itertools.count(1)
-
-
-def _stop_if_cancelled(where: str) -> None:
-    """Raise CancelledError if the running task was cancelled and the cancellation did not arrive: a library
-    call that swallows it (seen with a Redis read cancelled in flight) would leave a lane that was told to stop
-    waiting for events forever, and its repository's lease held by nobody who serves it."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        logger.warning("%s swallowed a cancellation of %s; stopping", where, task.get_name())
-        raise asyncio.CancelledError
-
-
-_lane_ids = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,299 +61,12 @@ class EndOfStream:
     error: str | None = None
 
 
-#: What the dispatcher hands a stream, in the order the stream sends it (grpc_service.StreamResponses turns
+#: What the dispatcher hands a stream, in the order the stream sends it (stream_messages.StreamResponses turns
 #: each into its protobuf message).
 OutboxItem = Outgoing | AssignmentChanged | EndOfStream
 
 _ASSIGNMENT_CHANGED = AssignmentChanged()
 _END_OF_STREAM = EndOfStream()
-
-
-@dataclass
-class _InFlight:
-    delivery_id: str
-    size: int
-    done: bool = False
-
-
-class Lane:
-    """One repository served on one connection."""
-
-    def __init__(self, group: _Group, connection: Connection, repository_id: str) -> None:
-        self.group = group
-        self.connection = connection
-        self.repository_id = repository_id
-        self.inflight: OrderedDict[int, _InFlight] = OrderedDict()
-        self.inflight_bytes = 0
-        #: replayed events sent and not yet settled (outside the sequence order, below the cursor)
-        self.replaying: dict[int, _InFlight] = {}
-        self.handing_off = False
-        #: waiting for the lease, which another connection (on another replica) holds
-        self.standby = False
-        #: holding the lease: events may be sent
-        self.holding = False
-        self.room = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self.task = asyncio.create_task(self._hold(), name=f"lane {self.group.client_id}/{self.repository_id}")
-        self.task.add_done_callback(self._ended)
-
-    def _ended(self, task: asyncio.Task[None]) -> None:
-        """A lane that fails (a bug, or a ``StoreError``; not a store that is away: that it waits out) ends its
-        stream with an error the client sees, which then connects again; never a stream left open, heartbeats
-        flowing, that nothing serves any more."""
-        if task.cancelled() or task.exception() is None:
-            return
-        logger.error(
-            "client %s: connection %d cannot serve repository %s any more; ending its stream",
-            self.group.client_id,
-            self.connection.id,
-            self.repository_id,
-            exc_info=task.exception(),
-        )
-        self.connection.fail(f"the server cannot serve repository {self.repository_id} on this stream; reconnect")
-
-    async def _hold(self) -> None:
-        """Serve while holding the lease of (client id, repository); stand by while another holder has it."""
-        store = self.group.dispatcher.store
-        holder = f"connection {self.connection.id} lane {next(_lane_ids)}"
-        lease = store.lease(self.group.client_id, self.repository_id, holder)
-        while not store.closed:
-            tasks: list[asyncio.Task[Any]] = []
-            try:
-                await self._acquire(lease)
-                if lease.held_elsewhere:
-                    self._forget_sent()
-                self.holding = True
-                tasks = [
-                    asyncio.create_task(self._run(), name=f"serving {self.group.client_id}/{self.repository_id}"),
-                    asyncio.create_task(lease.lost.wait()),
-                ]
-                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                self.holding = False
-                for task in tasks:
-                    task.cancel()
-                # Bounded: a task that does not stop when cancelled must not keep the lease from the next holder.
-                _, stuck = await asyncio.wait(tasks, timeout=LANE_STOP_S) if tasks else (set(), set())
-                if stuck:
-                    logger.error(
-                        "client %s: connection %d, the lane of repository %s did not stop within %gs of being "
-                        "cancelled; its lease is given up anyway",
-                        self.group.client_id,
-                        self.connection.id,
-                        self.repository_id,
-                        LANE_STOP_S,
-                    )
-                # Also when cancelled: the next holder need not wait for the lease to expire.
-                await asyncio.shield(self._release(lease))
-            if not lease.lost.is_set():
-                tasks[0].result()  # the store closed, or what broke the lane
-                return
-            logger.warning(
-                "client %s: connection %d lost the lease of repository %s and stops sending until it has it again",
-                self.group.client_id,
-                self.connection.id,
-                self.repository_id,
-            )
-
-    async def _release(self, lease: Lease) -> None:
-        """Give the lease up once the acknowledgements so far are in the store: the next holder (on another
-        replica perhaps) starts after them, instead of sending them again."""
-        await self.group.dispatcher.cursor_writer.flush()
-        await lease.release()
-
-    def _forget_sent(self) -> None:
-        """Another holder served the repository meanwhile: what this lane sent is not its own to settle any
-        more, and it goes on from the store's cursor."""
-        logger.info(
-            "client %s: connection %d takes repository %s back from another holder; its %d unacknowledged events "
-            "are sent again",
-            self.group.client_id,
-            self.connection.id,
-            self.repository_id,
-            len(self.inflight),
-        )
-        self.inflight.clear()
-        self.inflight_bytes = 0
-        self.replaying.clear()
-        self.release_if_handed_off()
-
-    async def _acquire(self, lease: Lease) -> None:
-        if await lease.acquire():
-            return
-        logger.info(
-            "client %s: connection %d stands by for repository %s, which another connection holds",
-            self.group.client_id,
-            self.connection.id,
-            self.repository_id,
-        )
-        self.standby = True
-        self.connection.announce()
-        while not await lease.acquire():
-            await lease.wait()
-        self.standby = False
-        self.connection.announce()
-
-    async def _run(self) -> None:
-        group, repository_id = self.group, self.repository_id
-        store, window, window_bytes = group.dispatcher.store, group.dispatcher.window, group.dispatcher.window_bytes
-        #: the last sequence sent; None until the lane has its start (the store may be away at first too)
-        after: int | None = None
-        retrying = STORE_RETRY.retrying()
-        while not store.closed:
-            try:
-                if after is None:
-                    # The store's cursor may be ahead (another replica served the repository meanwhile),
-                    # this process's too (its last acknowledgement may still be on its way to the store).
-                    stored = await store.start_cursor(group.client_id, repository_id)
-                    start = group.cursors[repository_id] = max(group.cursors.get(repository_id, stored), stored)
-                    logger.info(
-                        "client %s: connection %d serves repository %s from sequence %d",
-                        group.client_id,
-                        self.connection.id,
-                        repository_id,
-                        start + 1,
-                    )
-                    await self.send_replays(await store.replays(group.client_id, repository_id))
-                    _stop_if_cancelled("the lane's start")
-                    # Still unacknowledged from before its lease was lost and taken back: go on after those.
-                    after = next(reversed(self.inflight), start)
-                room = window - len(self.inflight)
-                if self.handing_off or room <= 0 or (self.inflight and self.inflight_bytes >= window_bytes):
-                    self.room.clear()
-                    await self.room.wait()
-                    continue
-                events = await store.read_streamable_after(repository_id, after, limit=room)
-                _stop_if_cancelled("a read of the store")
-                if retrying.succeeded():
-                    logger.info("client %s: the store answers again; serving %s", group.client_id, repository_id)
-                if not events:
-                    await store.wait_for_streamable(repository_id, after, timeout=None)
-                    continue
-                # Sending and recording happen without an await in between, so a lane cancelled at any
-                # await has recorded everything it sent.
-                for event in events:
-                    if self.handing_off or (self.inflight and self.inflight_bytes >= window_bytes):
-                        break
-                    self.inflight[event.sequence] = _InFlight(event.delivery_id, len(event.body))
-                    self.inflight_bytes += len(event.body)
-                    self.connection.send(event, group.redelivery(event))
-                    after = event.sequence
-            except StoreUnavailable as exc:
-                # The stream stays open: what it waits for is stored once the store is back. (A StoreError will
-                # not pass by waiting: it ends the lane, and _ended the stream, with an error.)
-                if retrying.failed():
-                    logger.warning(
-                        "client %s: cannot read repository %s (%s); retrying", group.client_id, repository_id, exc
-                    )
-                await retrying.pause()
-
-    @property
-    def idle(self) -> bool:
-        """Nothing sent on this lane waits for an answer."""
-        return not self.inflight and not self.replaying
-
-    async def send_replays(self, sequences: list[int]) -> None:
-        """Send events again on request (dead letters being replayed), each once until settled."""
-        store = self.group.dispatcher.store
-        for sequence in sequences:
-            if sequence in self.replaying:
-                continue
-            event = await store.event_at(self.repository_id, sequence)
-            if event is None:
-                logger.warning(
-                    "client %s: cannot replay %s#%d, it is no longer retained",
-                    self.group.client_id,
-                    self.repository_id,
-                    sequence,
-                )
-                await store.settle_replay(self.group.client_id, self.repository_id, sequence, delivered=False)
-                continue
-            self.replaying[sequence] = _InFlight(event.delivery_id, len(event.body))
-            self.connection.send(event, self.group.redelivery(event), replay=True)
-
-    def settle(self, sequence: int) -> bool:
-        """Mark one sent event done; move the cursor over every done event at the front."""
-        entry = self.inflight.get(sequence)
-        if entry is None:
-            return False
-        entry.done = True
-        cursor = None
-        while self.inflight:
-            first_sequence, first = next(iter(self.inflight.items()))
-            if not first.done:
-                break
-            self.inflight.popitem(last=False)
-            self.inflight_bytes -= first.size
-            self.group.sent.pop((self.repository_id, first_sequence), None)
-            cursor = first_sequence
-        if cursor is not None:
-            self.group.cursors[self.repository_id] = cursor
-            self.group.dispatcher.cursor_writer.put(self.group.client_id, self.repository_id, cursor)
-        self.room.set()
-        self.release_if_handed_off()
-        return True
-
-    def release_if_handed_off(self) -> None:
-        if self.handing_off and self.idle:
-            self.group.release(self)
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            # asyncio.wait, not ``await self.task``: the lane's CancelledError is its own, and only a
-            # cancellation of the task stopping it may come out of here.
-            await asyncio.wait([self.task])
-        await self.group.dispatcher.cursor_writer.flush()
-
-
-class _CursorWriter:
-    """Writes the cursors that acknowledgements moved to the store, behind the streams: whatever moved while
-    one write was in flight goes in the next, in one :meth:`EventStore.set_cursors` call for every client id
-    and repository (a fan-out to many client ids acknowledged at once costs one store write, not one each)."""
-
-    def __init__(self, store: EventStore) -> None:
-        self.store = store
-        #: (client id, repository) → cursor, moved since the write in flight began
-        self._moved: dict[tuple[str, str], int] = {}
-        #: done once the write of ``_moved`` is done; None while nothing moved
-        self._next: asyncio.Future[None] | None = None
-        #: done once the write in flight is done
-        self._writing: asyncio.Future[None] | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    def put(self, client_id: str, repository_id: str, cursor: int) -> None:
-        self._moved[(client_id, repository_id)] = cursor
-        if self._next is None:
-            self._next = asyncio.get_running_loop().create_future()
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="cursor writer")
-
-    async def _run(self) -> None:
-        try:
-            while self._next is not None:
-                moved, self._moved = self._moved, {}
-                self._writing, self._next = self._next, None
-                try:
-                    await self.store.set_cursors(moved)
-                except Exception:
-                    logger.exception("cannot save %d cursors, e.g. %s", len(moved), next(iter(moved.items())))
-                finally:
-                    self._writing.set_result(None)
-                    self._writing = None
-        finally:
-            self._task = None
-
-    async def flush(self) -> None:
-        """Wait until every cursor put so far is written (or failed to be)."""
-        pending = self._next or self._writing
-        if pending is not None:
-            await asyncio.shield(pending)
-
-    def __repr__(self) -> str:
-        return f"_CursorWriter(moved={len(self._moved)}, writing={self._writing is not None})"
 
 
 class Connection:
@@ -416,66 +106,97 @@ class Connection:
 
 @dataclass
 class _Group:
-    dispatcher: Dispatcher
+    """The connections of one client id, and which of them holds each repository."""
+
     client_id: str
+    context: LaneContext
     connections: list[Connection] = field(default_factory=list)
-    holders: dict[str, Lane] = field(default_factory=dict)
-    cursors: dict[str, int] = field(default_factory=dict)
-    #: (repository, sequence) → times sent before, for events sent and not yet acknowledged
-    sent: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: repository → the connection whose lane serves it (``holders[r].lanes[r]``)
+    holders: dict[str, Connection] = field(default_factory=dict)
+    #: repository → what this process knows of its cursor and redeliveries, across the lanes that served it
+    progress: dict[str, Progress] = field(default_factory=dict)
 
-    def redelivery(self, event: WebhookEvent) -> int:
-        key = (event.repository_id, event.sequence)
-        count = self.sent.get(key, -1) + 1
-        self.sent[key] = count
-        return count
-
-    def release(self, lane: Lane) -> None:
-        """Take a lane away from its connection; its unacknowledged events go to the next holder."""
-        if self.holders.get(lane.repository_id) is lane:
-            del self.holders[lane.repository_id]
-        lane.connection.lanes.pop(lane.repository_id, None)
-        if lane.task is not None:
-            lane.task.cancel()
-        lane.connection.announce()
-        self.rebalance()
+    def lane(self, repository_id: str) -> Lane | None:
+        """The lane that serves ``repository_id``, if any."""
+        holder = self.holders.get(repository_id)
+        return None if holder is None else holder.lanes.get(repository_id)
 
     def rebalance(self) -> None:
+        """Give every wanted repository a lane, on the connection with the fewest, and move a lane from a
+        connection that holds two more than another. A lane that hands off at once is taken away here, and the
+        balance is looked at again; the others are once they report that they are done (:meth:`_handed_off`)."""
+        while self._rebalance_once():
+            pass
+
+    def _rebalance_once(self) -> bool:
+        """One pass over the wanted repositories; True if it took a lane away (the counts changed)."""
         wanted = dict.fromkeys(r for c in self.connections for r in c.wanted)
         for repository_id in wanted:
             candidates = [c for c in self.connections if repository_id in c.wanted]
             target = min(candidates, key=lambda c: len(c.lanes))
-            lane = self.holders.get(repository_id)
-            if lane is None:
-                lane = Lane(self, target, repository_id)
-                self.holders[repository_id] = lane
-                target.lanes[repository_id] = lane
-                lane.start()
-                target.announce()
-            elif not lane.handing_off and len(lane.connection.lanes) - len(target.lanes) >= 2:
+            holder = self.holders.get(repository_id)
+            if holder is None:
+                self._start_lane(target, repository_id)
+                continue
+            lane = holder.lanes[repository_id]
+            if not lane.handing_off and len(holder.lanes) - len(target.lanes) >= 2:
                 logger.info(
                     "client %s: moving repository %s from connection %d to connection %d",
                     self.client_id,
                     repository_id,
-                    lane.connection.id,
+                    holder.id,
                     target.id,
                 )
-                lane.handing_off = True
-                lane.room.set()
-                if lane.idle:
-                    self.release(lane)
-                    return
+                if lane.hand_off():
+                    self._take_away(holder, lane)
+                    return True
+        return False
+
+    def _start_lane(self, connection: Connection, repository_id: str) -> None:
+        progress = self.progress.setdefault(repository_id, Progress())
+        lane = Lane(self.client_id, repository_id, self.context, connection, progress, self._handed_off)
+        self.holders[repository_id] = connection
+        connection.lanes[repository_id] = lane
+        lane.start()
+        connection.announce()
+
+    def _handed_off(self, lane: Lane) -> None:
+        """A lane asked to hand off is done: take it away, and give its repository to another connection."""
+        holder = self.holders.get(lane.repository_id)
+        if holder is None or holder.lanes.get(lane.repository_id) is not lane:
+            return  # taken away already (its connection left meanwhile)
+        self._take_away(holder, lane)
+        self.rebalance()
+
+    def _take_away(self, connection: Connection, lane: Lane) -> None:
+        """Take a lane away from its connection; its unacknowledged events go to the next holder."""
+        del self.holders[lane.repository_id]
+        del connection.lanes[lane.repository_id]
+        lane.cancel()
+        connection.announce()
+
+    def remove(self, connection: Connection) -> list[Lane]:
+        """The connection left: its lanes, no longer holders, to be stopped."""
+        self.connections.remove(connection)
+        lanes = list(connection.lanes.values())
+        for repository_id in connection.lanes:
+            self.holders.pop(repository_id, None)
+        connection.lanes.clear()
+        return lanes
+
+    def cursors(self) -> dict[str, int]:
+        """Repository → cursor, of the repositories a lane here started on."""
+        return {r: p.cursor for r, p in self.progress.items() if p.cursor is not None}
 
 
 class Dispatcher:
     """Connections of the acknowledged stream, grouped by client id."""
 
-    def __init__(self, store: EventStore, window: int = DEFAULT_WINDOW, window_bytes: int = DEFAULT_WINDOW_BYTES):
+    def __init__(self, store: EventStore, window: Window = DEFAULT_WINDOW) -> None:
         self.store = store
-        self.window = window
-        self.window_bytes = window_bytes
+        self.cursor_writer = CursorWriter(store)
+        self._lanes = LaneContext(store, self.cursor_writer, window)
         self._groups: dict[str, _Group] = {}
-        self.cursor_writer = _CursorWriter(store)
         #: replays that other replicas were asked for, being sent here
         self._replaying: set[asyncio.Task[None]] = set()
         #: connections that left, still stopping their lanes (see disconnect)
@@ -484,7 +205,7 @@ class Dispatcher:
 
     def connect(self, client_id: str, repository_ids: list[str]) -> Connection:
         connection = Connection(client_id, repository_ids)
-        group = self._groups.setdefault(client_id, _Group(self, client_id))
+        group = self._groups.setdefault(client_id, _Group(client_id, self._lanes))
         group.connections.append(connection)
         logger.info(
             "client %s: connection %d subscribed to %s (%d connections)",
@@ -528,11 +249,7 @@ class Dispatcher:
         group = self._groups.get(connection.client_id)
         if group is None or connection not in group.connections:
             return
-        group.connections.remove(connection)
-        lanes = list(connection.lanes.values())
-        for lane in lanes:
-            group.holders.pop(lane.repository_id, None)
-        connection.lanes.clear()
+        lanes = group.remove(connection)
         await asyncio.gather(*(lane.stop() for lane in lanes))
         unacknowledged = sum(len(lane.inflight) for lane in lanes)
         logger.info(
@@ -552,8 +269,7 @@ class Dispatcher:
     ) -> bool:
         """An acknowledgement, or with ``failure`` (reason, status) a dead letter. False if unknown."""
         lane = connection.lanes.get(repository_id)
-        entry = None if lane is None else lane.replaying.get(sequence) or lane.inflight.get(sequence)
-        if lane is None or entry is None:
+        if lane is None or not lane.awaits(sequence):
             logger.warning(
                 "client %s: connection %d settled %s#%d, which it does not hold",
                 connection.client_id,
@@ -562,42 +278,21 @@ class Dispatcher:
                 sequence,
             )
             return False
-        if failure is not None:
-            reason, status_code = failure
-            letter = DeadLetter(
-                connection.client_id, repository_id, sequence, entry.delivery_id, reason, status_code, time.time_ns()
-            )
-            await self.store.add_dead_letter(letter)
-            logger.warning(
-                "client %s: dead letter %s#%d (delivery %s, status %d): %s",
-                connection.client_id,
-                repository_id,
-                sequence,
-                entry.delivery_id,
-                status_code,
-                reason,
-            )
-        if lane.replaying.pop(sequence, None) is not None:
-            lane.group.sent.pop((repository_id, sequence), None)
-            await self.store.settle_replay(connection.client_id, repository_id, sequence, delivered=failure is None)
-            logger.info("client %s: replay of %s#%d settled", connection.client_id, repository_id, sequence)
-            lane.release_if_handed_off()
-            return True
-        return lane.settle(sequence)
+        return await lane.settle(sequence, failure)
 
     async def replay(self, client_id: str, repository_id: str, sequences: list[int]) -> None:
         """Send settled events to ``client_id`` again: at once if a connection serves the repository, else
         when one does (the request stays in the store until the replay is settled)."""
         await self.store.add_replays(client_id, repository_id, sequences)
         group = self._groups.get(client_id)
-        lane = group.holders.get(repository_id) if group else None
+        lane = group.lane(repository_id) if group else None
         if lane is not None and lane.holding:
             await lane.send_replays(sequences)
 
     def _replays_requested(self, client_id: str, repository_id: str) -> None:
         """Another replica was asked to replay events: send them if a connection here serves the repository."""
         group = self._groups.get(client_id)
-        lane = group.holders.get(repository_id) if group else None
+        lane = group.lane(repository_id) if group else None
         if lane is None or not lane.holding:
             return
 
@@ -620,7 +315,7 @@ class Dispatcher:
     def cursors(self) -> dict[tuple[str, str], int]:
         """(client id, repository) → cursor, of every client id with a connection here (the store's are
         written behind these)."""
-        return {(g.client_id, r): cursor for g in self._groups.values() for r, cursor in g.cursors.items()}
+        return {(g.client_id, r): cursor for g in self._groups.values() for r, cursor in g.cursors().items()}
 
     def connection_count(self, client_id: str | None = None) -> int:
         """Open connections, of every client id or of one."""

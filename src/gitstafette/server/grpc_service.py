@@ -21,39 +21,24 @@ from gitstafette._proto import gitstafette_pb2_grpc as pb_grpc
 from gitstafette.config import ServerConfig
 from gitstafette.exceptions import StoreError, StoreUnavailable
 from gitstafette.github.webhook import repository_in_body
-from gitstafette.model import WebhookEvent, event_from_pb
+from gitstafette.model import event_from_pb
 from gitstafette.server.audit import AuditLog
-from gitstafette.server.auth import Authenticator, Grant, Session
-from gitstafette.server.dispatch import (
-    STORE_RETRY,
-    AssignmentChanged,
-    Connection,
-    Dispatcher,
-    EndOfStream,
-    OutboxItem,
-    Outgoing,
-)
+from gitstafette.server.auth import Authenticator, Grant
+from gitstafette.server.dispatch import AssignmentChanged, Connection, Dispatcher, EndOfStream, OutboxItem, Outgoing
+from gitstafette.server.fetch_stream import FetchStreams
 from gitstafette.server.ingest import Ingest
-from gitstafette.server.stream_messages import BATCH_MAX_BYTES, BATCH_MAX_EVENTS, StreamResponses
+from gitstafette.server.stream_messages import (
+    BATCH_MAX_BYTES,
+    BATCH_MAX_EVENTS,
+    EventMessages,
+    FetchResponses,
+    StreamResponses,
+)
 from gitstafette.store import EventStore
 
 __all__ = ["GitstafetteService", "InfoService"]
 
 logger = logging.getLogger(__name__)
-
-
-def _fit_one_message(events: list[WebhookEvent], max_body_bytes: int) -> list[WebhookEvent]:
-    """The first events whose bodies add up to at most ``max_body_bytes`` (always at least one).
-
-    A response carries a batch in one gRPC message, whose limit is the body limit plus room for headers:
-    two large bodies in one batch would go over it and fail the stream every time it is retried.
-    """
-    total = 0
-    for count, event in enumerate(events):
-        total += len(event.body)
-        if count and total > max_body_bytes:
-            return events[:count]
-    return events
 
 
 class GitstafetteService(pb_grpc.GitstafetteServicer):
@@ -77,7 +62,11 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
         self.dispatcher = dispatcher
         self.auth = auth
         self.audit = audit
-        self._responses = StreamResponses(config.server_id, audit, tracer=tracer)
+        messages = EventMessages()  # an event's message is built once for all the streams it goes to
+        self._responses = StreamResponses(config.server_id, audit, messages, tracer=tracer)
+        self._fetch = FetchStreams(
+            store, FetchResponses(audit, config.max_body_bytes, messages), config.heartbeat_s, auth.required
+        )
 
     async def _authorize(
         self, grant: Grant, spec: str, context: grpc.aio.ServicerContext, body_name: str = ""
@@ -103,21 +92,6 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
     async def _name_of(self, repository_id: str) -> str:
         state = await self.store.repository(repository_id)
         return state.repository_name if state else ""
-
-    async def _wait_for_events(self, session: Session, repository_id: str, after: int, timeout: float) -> None:
-        """Wait for an event after ``after``, the timeout, or the end of the caller's token."""
-        if not self.auth.required:
-            await self.store.wait_for_events(repository_id, after, timeout=timeout)
-            return
-        waiters = [
-            asyncio.ensure_future(self.store.wait_for_events(repository_id, after, timeout=timeout)),
-            asyncio.ensure_future(session.revoked.wait()),
-        ]
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
 
     async def _store_unavailable(self, context: grpc.aio.ServicerContext, client_id: str, exc: StoreError) -> NoReturn:
         """End a stream that cannot be set up because of the store, instead of a stream that stays open without
@@ -188,7 +162,7 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
         with self.auth.session(grant, [allowed]) as session:
             try:
                 async with contextlib.aclosing(
-                    self._fetch(session, client_id, repository_id, after, deadline)
+                    self._fetch.stream(session, client_id, repository_id, after, deadline)
                 ) as fetch:
                     async for response in fetch:
                         yield response
@@ -196,68 +170,6 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
                 await self._store_failed(context, client_id, exc)
             if session.ended is not None:
                 await context.abort(*session.ended)
-
-    async def _fetch(
-        self, session: Session, client_id: str, repository_id: str, after: int, deadline: float | None
-    ) -> AsyncGenerator[pb.WebhookEventsResponse, None]:
-        last_sent = time.monotonic()
-        #: a cursor sent past but not yet recorded (the store was away when it was to be written)
-        unsaved: int | None = None
-        retrying = STORE_RETRY.retrying()
-        while not self.store.closed and session.ended is None:
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                break
-            try:
-                if unsaved is not None:
-                    # Counts as delivered once sent: the original contract has no acknowledgement.
-                    await self.store.set_cursor(client_id, repository_id, unsaved)
-                    unsaved = None
-                events = _fit_one_message(
-                    await self.store.read_after(repository_id, after, limit=100), self.config.max_body_bytes
-                )
-            except StoreUnavailable as exc:
-                # The stream stays open, with heartbeats: what it waits for is stored once the store is back.
-                # (A StoreError will not pass by waiting: it ends the stream, see FetchWebhookEvents.)
-                if retrying.failed():
-                    logger.warning(
-                        "FetchWebhookEvents: client %s cannot read repository %s (%s); retrying",
-                        client_id,
-                        repository_id,
-                        exc,
-                    )
-                if now - last_sent >= self.config.heartbeat_s:
-                    yield pb.WebhookEventsResponse()
-                    last_sent = time.monotonic()
-                await retrying.pause(None if deadline is None else deadline - now)
-                continue
-            if retrying.succeeded():
-                logger.info("FetchWebhookEvents: client %s, the store answers again", client_id)
-            if events:
-                for event in events:
-                    self.audit.record(client_id, repository_id, event.sequence, "sent")
-                yield pb.WebhookEventsResponse(webhook_events=self._responses.webhook_events(events))
-                after = unsaved = events[-1].sequence
-                last_sent = time.monotonic()
-                continue
-            wait = self.config.heartbeat_s - (now - last_sent)
-            if deadline is not None:
-                wait = min(wait, deadline - now)
-            if wait <= 0:
-                yield pb.WebhookEventsResponse()  # heartbeat: keeps proxies from cutting the stream
-                last_sent = time.monotonic()
-                continue
-            await self._wait_for_events(session, repository_id, after, wait)
-        await self._record_last(client_id, repository_id, unsaved)
-
-    async def _record_last(self, client_id: str, repository_id: str, sequence: int | None) -> None:
-        """Record the cursor a stream that ends was sent past, if it is not recorded yet (and the store is there)."""
-        if sequence is None:
-            return
-        try:
-            await self.store.set_cursor(client_id, repository_id, sequence)
-        except StoreError as exc:
-            logger.warning("FetchWebhookEvents: client %s, cursor %d not recorded: %s", client_id, sequence, exc)
 
     async def WebhookEventPush(
         self, request: pb.WebhookEventPushRequest, context: grpc.aio.ServicerContext

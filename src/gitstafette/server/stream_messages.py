@@ -1,6 +1,7 @@
-"""What the acknowledged stream sends, as protobuf: the one place that turns what the dispatcher hands a stream
-(``dispatch.OutboxItem``) into ``StreamResponse`` messages, and an event into its ``WebhookEvent`` message once
-for all the streams it goes out on."""
+"""What the streams send, as protobuf: the one place that turns what the dispatcher hands an acknowledged stream
+(``dispatch.OutboxItem``) into ``StreamResponse`` messages, events of the original ``FetchWebhookEvents`` stream
+into ``WebhookEventsResponse`` messages, and an event into its ``WebhookEvent`` message once for all the streams
+it goes out on."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from gitstafette.server.audit import AuditLog
 from gitstafette.server.dispatch import Outgoing
 from gitstafette.telemetry import tracing
 
-__all__ = ["BATCH_MAX_BYTES", "BATCH_MAX_EVENTS", "EventMessages", "StreamResponses"]
+__all__ = ["BATCH_MAX_BYTES", "BATCH_MAX_EVENTS", "EventMessages", "FetchResponses", "StreamResponses"]
 
 #: Most events, and most body bytes (beyond the first event), in one message of the acknowledged stream to
 #: a client that takes batches: events that are ready travel together, since each gRPC message costs both
@@ -72,7 +73,7 @@ class StreamResponses:
         self.audit = audit
         #: the server's tracer (a ``stream`` span per event sent); None while tracing is off
         self.tracer = tracer
-        #: shared with the original stream's responses (``webhook_events``)
+        #: shared with the original stream's responses (:class:`FetchResponses`)
         self.messages = messages or EventMessages()
 
     def subscribed(self, repository_ids: Sequence[str]) -> pb.StreamResponse:
@@ -89,10 +90,6 @@ class StreamResponses:
         if len(relayed) == 1:
             return pb.StreamResponse(event=relayed[0])
         return pb.StreamResponse(events=pb.RelayedEvents(events=relayed))
-
-    def webhook_events(self, events: Sequence[WebhookEvent]) -> list[pb.WebhookEvent]:
-        """The messages of the original ``FetchWebhookEvents`` stream's events."""
-        return [self.messages.get(event) for event in events]
 
     def _relayed(self, client_id: str, outgoing: Outgoing, spans: list[Span]) -> pb.RelayedEvent:
         event = outgoing.event
@@ -112,3 +109,44 @@ class StreamResponses:
 
     def __repr__(self) -> str:
         return f"StreamResponses(server_id={self.server_id!r}, {self.messages!r})"
+
+
+class FetchResponses:
+    """The messages of the original ``FetchWebhookEvents`` stream: events, as many as fit one message, and
+    heartbeats.
+
+    :param max_body_bytes: the largest body the server takes; one message carries that and its headers
+    """
+
+    def __init__(self, audit: AuditLog, max_body_bytes: int, messages: EventMessages | None = None) -> None:
+        self.audit = audit
+        self.max_body_bytes = max_body_bytes
+        #: shared with the acknowledged stream's responses (:class:`StreamResponses`)
+        self.messages = messages or EventMessages()
+
+    def fit_one_message(self, events: list[WebhookEvent]) -> list[WebhookEvent]:
+        """The first events whose bodies add up to at most ``max_body_bytes`` (always at least one).
+
+        A response carries a batch in one gRPC message, whose limit is the body limit plus room for headers:
+        two large bodies in one batch would go over it and fail the stream every time it is retried.
+        """
+        total = 0
+        for count, event in enumerate(events):
+            total += len(event.body)
+            if count and total > self.max_body_bytes:
+                return events[:count]
+        return events
+
+    def events(self, client_id: str, repository_id: str, events: Sequence[WebhookEvent]) -> pb.WebhookEventsResponse:
+        """One message of ``events`` (fitted by :meth:`fit_one_message`), recorded as sent to ``client_id``."""
+        for event in events:
+            self.audit.record(client_id, repository_id, event.sequence, "sent")
+        return pb.WebhookEventsResponse(webhook_events=[self.messages.get(event) for event in events])
+
+    @staticmethod
+    def heartbeat() -> pb.WebhookEventsResponse:
+        """An empty response: keeps proxies from cutting an idle stream."""
+        return pb.WebhookEventsResponse()
+
+    def __repr__(self) -> str:
+        return f"FetchResponses(max_body_bytes={self.max_body_bytes}, {self.messages!r})"
