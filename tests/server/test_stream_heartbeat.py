@@ -11,6 +11,7 @@ from gitstafette.config import ServerConfig
 from gitstafette.model import WebhookEvent
 from gitstafette.server.dispatch import Dispatcher
 from gitstafette.server.grpc_service import GitstafetteService
+from gitstafette.server.parts import ServerParts
 from gitstafette.store.memory import MemoryStore
 
 
@@ -24,7 +25,8 @@ async def test_heartbeats_while_idle_and_an_event_as_soon_as_it_is_there() -> No
     dispatcher = Dispatcher(store)
     audit = SimpleNamespace(record=lambda *args: None)
     auth = SimpleNamespace(required=False)
-    service = GitstafetteService(ServerConfig(heartbeat_s=0.05), store, None, dispatcher, auth, audit)  # type: ignore[arg-type]
+    parts = ServerParts(ServerConfig(heartbeat_s=0.05), store, None, None, dispatcher, auth, audit)  # type: ignore[arg-type]
+    service = GitstafetteService(parts)
     connection = dispatcher.connect("ci", [])
     responses = service._serve_stream(_silent_client(), connection, [], batches=False)
     kinds = [(await anext(responses)).WhichOneof("kind") for _ in range(3)]

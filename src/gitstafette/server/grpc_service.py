@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import NoReturn
 
 import grpc
-from opentelemetry.trace import Span, Tracer
+from opentelemetry.trace import Span
 
 from gitstafette import __version__
 from gitstafette._proto import gitstafette_info_pb2 as info_pb
@@ -22,11 +22,10 @@ from gitstafette.config import ServerConfig
 from gitstafette.exceptions import StoreError, StoreUnavailable
 from gitstafette.github.webhook import repository_in_body
 from gitstafette.model import event_from_pb
-from gitstafette.server.audit import AuditLog
-from gitstafette.server.auth import Authenticator, Grant
-from gitstafette.server.dispatch import AssignmentChanged, Connection, Dispatcher, EndOfStream, OutboxItem, Outgoing
+from gitstafette.server.auth import Grant
+from gitstafette.server.dispatch import AssignmentChanged, Connection, EndOfStream, OutboxItem, Outgoing
 from gitstafette.server.fetch_stream import FetchStreams
-from gitstafette.server.ingest import Ingest
+from gitstafette.server.parts import ServerParts
 from gitstafette.server.stream_messages import (
     BATCH_MAX_BYTES,
     BATCH_MAX_EVENTS,
@@ -34,7 +33,6 @@ from gitstafette.server.stream_messages import (
     FetchResponses,
     StreamResponses,
 )
-from gitstafette.store import EventStore
 
 __all__ = ["GitstafetteService", "InfoService"]
 
@@ -46,26 +44,14 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
     interceptor) and refuses repositories outside it with PERMISSION_DENIED; a token's client id is the
     one used, whatever the request claims."""
 
-    def __init__(
-        self,
-        config: ServerConfig,
-        store: EventStore,
-        ingest: Ingest,
-        dispatcher: Dispatcher,
-        auth: Authenticator,
-        audit: AuditLog,
-        tracer: Tracer | None = None,
-    ) -> None:
-        self.config = config
-        self.store = store
-        self.ingest = ingest
-        self.dispatcher = dispatcher
-        self.auth = auth
-        self.audit = audit
+    def __init__(self, parts: ServerParts) -> None:
+        config, store, audit = parts.config, parts.store, parts.audit
+        self.config, self.store, self.ingest, self.dispatcher = config, store, parts.ingest, parts.dispatcher
+        self.auth, self.audit = parts.auth, audit
         messages = EventMessages()  # an event's message is built once for all the streams it goes to
-        self._responses = StreamResponses(config.server_id, audit, messages, tracer=tracer)
+        self._responses = StreamResponses(config.server_id, audit, messages, tracer=parts.tracer)
         self._fetch = FetchStreams(
-            store, FetchResponses(audit, config.max_body_bytes, messages), config.heartbeat_s, auth.required
+            store, FetchResponses(audit, config.max_body_bytes, messages), config.heartbeat_s, parts.auth.required
         )
 
     async def _authorize(

@@ -18,16 +18,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gitstafette import __version__
-from gitstafette.config import ServerConfig
 from gitstafette.exceptions import StoreError, WebhookRejected
 from gitstafette.github.webhook import parse_webhook, routed_by_header
 from gitstafette.model import AuditRecord, DeadLetter, WebhookEvent
-from gitstafette.server.audit import AuditLog
 from gitstafette.server.auth import Authenticator
-from gitstafette.server.dispatch import Dispatcher
-from gitstafette.server.ingest import Ingest, Outcome
-from gitstafette.server.metrics import ServerMetrics
-from gitstafette.store import EventStore
+from gitstafette.server.ingest import Outcome
+from gitstafette.server.parts import ServerParts
 
 __all__ = ["create_app"]
 
@@ -156,23 +152,14 @@ def _dead_letter_entry(letter: DeadLetter) -> dict[str, Any]:
 class _Endpoints:
     """The request handlers, sharing the server's config, store and ingest."""
 
-    def __init__(
-        self,
-        config: ServerConfig,
-        store: EventStore,
-        ingest: Ingest,
-        metrics: ServerMetrics,
-        dispatcher: Dispatcher,
-        auth: Authenticator,
-        audit: AuditLog,
-    ) -> None:
-        self.config = config
-        self.store = store
-        self.ingest = ingest
-        self.server_metrics = metrics
-        self.dispatcher = dispatcher
-        self.auth = auth
-        self.audit = audit
+    def __init__(self, parts: ServerParts) -> None:
+        self.config, self.store, self.ingest = parts.config, parts.store, parts.ingest
+        self.server_metrics, self.dispatcher, self.auth, self.audit = (
+            parts.metrics,
+            parts.dispatcher,
+            parts.auth,
+            parts.audit,
+        )
         #: repository id → owner/name, learnt from the first webhook of each repository
         self.names: dict[str, str] = {}
 
@@ -382,16 +369,8 @@ class _Front:
 _WEBHOOK_PATHS = frozenset({"/v1/github/", "/v1/github"})
 
 
-def create_app(
-    config: ServerConfig,
-    store: EventStore,
-    ingest: Ingest,
-    metrics: ServerMetrics,
-    dispatcher: Dispatcher,
-    auth: Authenticator,
-    audit: AuditLog,
-) -> ASGIApp:
-    endpoints = _Endpoints(config, store, ingest, metrics, dispatcher, auth, audit)
+def create_app(parts: ServerParts) -> ASGIApp:
+    endpoints, auth = _Endpoints(parts), parts.auth
 
     async def webhook_not_allowed(request: Request) -> Response:  # pragma: no cover - _Front answers POST
         raise AssertionError("POST /v1/github/ is answered in front of starlette")

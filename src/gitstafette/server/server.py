@@ -44,6 +44,7 @@ from gitstafette.server.grpc_service import GitstafetteService, InfoService
 from gitstafette.server.http_app import create_app
 from gitstafette.server.ingest import Ingest
 from gitstafette.server.metrics import ServerMetrics, TimedStore
+from gitstafette.server.parts import ServerParts
 from gitstafette.store import EventStore, create_store
 from gitstafette.telemetry.process import Telemetry
 from gitstafette.telemetry.sentry import Sentry
@@ -158,6 +159,10 @@ class Server:
         self.sentry = Sentry(config.sentry_dsn, SERVER_SERVICE_NAME, config.server_id)
         self.ingest = Ingest(config, self.store, self.metrics, secrets, self.telemetry.tracer, self.sentry)
         self.audit = AuditLog(self.store, self.metrics)
+        #: what the HTTP app and the gRPC service are made of
+        self.parts = ServerParts(
+            config, self.store, self.ingest, self.metrics, self.dispatcher, self.auth, self.audit, self.telemetry.tracer
+        )
         self.health = HealthServicer()
         self.http_port = config.http_port
         self.grpc_port = config.grpc_port
@@ -243,9 +248,7 @@ class Server:
         self._info.grpc_port = self.grpc_port
         await self._grpc.start()
 
-        app = self.telemetry.instrument_http(
-            create_app(config, self.store, self.ingest, self.metrics, self.dispatcher, self.auth, self.audit)
-        )
+        app = self.telemetry.instrument_http(create_app(self.parts))
         self._http = EmbeddedHttpServer(
             app,
             config.host,
@@ -328,9 +331,7 @@ class Server:
             ],
         )
         gitstafette_pb2_grpc.add_GitstafetteServicer_to_server(  # type: ignore[no-untyped-call]
-            GitstafetteService(
-                self.config, self.store, self.ingest, self.dispatcher, self.auth, self.audit, self.telemetry.tracer
-            ),
+            GitstafetteService(self.parts),
             server,
         )
         gitstafette_info_pb2_grpc.add_InfoServicer_to_server(self._info, server)  # type: ignore[no-untyped-call]
