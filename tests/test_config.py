@@ -293,4 +293,4 @@ def test_config_is_a_leaf() -> None:
     code = "import sys, gitstafette.config; print(*sorted(sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
     layers = {name.split(".")[1] for name in loaded if name.startswith("gitstafette.")}
-    assert not layers & {"server", "client", "store", "telemetry", "cli", "events_cli", "logs"}, sorted(layers)
+    assert not layers & {"server", "client", "store", "telemetry", "cli"}, sorted(layers)
