@@ -25,6 +25,7 @@ __all__ = [
     "GRPC_MESSAGE_OVERHEAD_BYTES",
     "GRPC_MAX_PENDING_STREAMS",
     "GRPC_MAX_PENDING_STREAMS_HARD_LIMIT",
+    "GRPC_MAX_UNREQUESTED_S",
     "HEADER_DELIVERY",
     "HEADER_EVENT",
     "HEADER_HOOK_ID",
@@ -86,6 +87,11 @@ GRPC_MESSAGE_OVERHEAD_BYTES = 1024 * 1024
 #: CANCELLED and come back later. An RPC waiting here costs a few KiB.
 GRPC_MAX_PENDING_STREAMS = 20_000
 GRPC_MAX_PENDING_STREAMS_HARD_LIMIT = 40_000
+#: How long an RPC may wait there before gRPC's core cancels it (grpc's default: 30 s). The event loop takes
+#: new streams up one at a time, each with its authorization and start cursor: a burst of thousands on a busy
+#: machine can take longer than 30 s to drain, and the last streams of it would see CANCELLED (seen: 312 of a
+#: 4,000-stream burst in a test run under load, tests/server/test_stream_failures.py).
+GRPC_MAX_UNREQUESTED_S = 600
 
 DEFAULT_SQLITE_PATH = "gitstafette.db"
 DEFAULT_REDIS_PORT = 6379

@@ -4,6 +4,8 @@ with nothing serving it. And a burst of thousands of new streams is admitted, no
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +116,37 @@ async def test_a_burst_of_new_streams_beyond_grpcs_default_backlog_is_admitted(t
                 call.cancel()
     failed = [repr(g) for g in got if g != "burst"]
     assert not failed, f"{len(failed)} of {count} streams did not get the event, e.g. {failed[:3]}"
+
+
+def _read_first_events(port: int, count: int, opened: threading.Event, got: list[str]) -> None:
+    """Open ``count`` original streams with grpc's blocking API (its own threads, not the server's loop), then
+    read each one's first event into ``got`` (or what ended it)."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.GitstafetteStub(channel)
+        calls = [
+            stub.FetchWebhookEvents(pb.WebhookEventsRequest(client_id=f"c{n}", repository_id=REPO), timeout=120)
+            for n in range(count)
+        ]
+        opened.set()
+        for call in calls:
+            try:
+                got.append(next(r for r in call if r.webhook_events).webhook_events[0].event_id)
+            except grpc.RpcError as exc:
+                got.append(f"ended: {exc.code()}")
+            finally:
+                call.cancel()
+
+
+async def test_new_streams_wait_out_a_server_busy_for_longer_than_grpcs_default_admission_time(tmp_path: Path) -> None:
+    """gRPC's core cancels an RPC its server has not taken up within 30 s by default. A busy event loop (a burst
+    of thousands of streams on a loaded machine takes that long to take up) must not cost the last of them their
+    stream: here ten streams arrive while the server's loop is held for 31 s."""
+    async with in_process_server(f"sqlite:///{tmp_path / 'events.db'}") as server:
+        opened, got = threading.Event(), []
+        reader = threading.Thread(target=_read_first_events, args=(server.grpc_port, 10, opened, got), daemon=True)
+        reader.start()
+        assert opened.wait(10)
+        time.sleep(31)  # the server's loop is busy elsewhere: it blocks here on purpose, the streams wait in gRPC
+        await server.store.append(_event("late"))
+        await asyncio.to_thread(reader.join, 60)
+    assert got == ["late"] * 10

@@ -328,6 +328,7 @@ class Server:
                 ("grpc.so_reuseport", 0),
                 ("grpc.server.max_pending_requests", constants.GRPC_MAX_PENDING_STREAMS),
                 ("grpc.server.max_pending_requests_hard_limit", constants.GRPC_MAX_PENDING_STREAMS_HARD_LIMIT),
+                ("grpc.server_max_unrequested_time_in_server", constants.GRPC_MAX_UNREQUESTED_S),
             ],
         )
         gitstafette_pb2_grpc.add_GitstafetteServicer_to_server(  # type: ignore[no-untyped-call]
