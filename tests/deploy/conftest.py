@@ -85,8 +85,9 @@ def container_names(image: BuiltImage) -> Iterator[list[str]]:
     """Names for containers of a test; each is removed afterwards, whatever state it is in."""
     names: list[str] = []
     yield names
-    for name in names:
-        image.run("rm", "--force", "--time", "0", name)
+    for name in reversed(names):  # a container that joined another's network goes first
+        result = image.run("rm", "--force", "--time", "0", name)
+        assert result.returncode == 0, result.stderr
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
