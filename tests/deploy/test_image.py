@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import gitstafette
 from tests.client.utils import PUSH, RecordingTarget, wait_until
 from tests.deploy.conftest import ULIMITS, BuiltImage
+from tests.deploy.pods import in_network_of
 from tests.utils import github_request
 
 pytestmark = pytest.mark.timeout(1500)  # the first test pays for the session's build
@@ -218,3 +219,37 @@ def test_server_and_client_containers_relay_a_webhook(
     for name in (client, server):
         exit_code, _, log = _stop(image, name)
         assert exit_code == 0, log
+
+
+def test_the_default_command_serves_with_only_the_image_volumes_writable(
+    image: BuiltImage, container_names: list[str]
+) -> None:
+    """`docker run --read-only IMAGE` as it is: `server` on its defaults, the SQLite file in the image's own
+    data volume (owned by its user), nothing else writable but /tmp, the other declared volume."""
+    name = f"gst-test-{uuid.uuid4().hex[:8]}"
+    container_names.append(name)
+    result = image.run(
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--read-only",
+        "--read-only-tmpfs=false",
+        "--network=none",
+        *ULIMITS,
+        image.image,
+    )
+    assert result.returncode == 0, result.stderr
+    pid = json.loads(image.run("inspect", name).stdout)[0]["State"]["Pid"]
+
+    def ready() -> bool:
+        try:
+            return in_network_of(pid, lambda: httpx.get("http://127.0.0.1:1323/readyz", timeout=2)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(ready, timeout=60, message="the server on its defaults", interval=0.5)
+    listing = image.run("exec", name, "/opt/venv/bin/python", "-c", "import os; print(os.listdir('.'))")
+    assert "gitstafette.db" in listing.stdout, listing.stdout + listing.stderr
+    exit_code, _, log = _stop(image, name)
+    assert exit_code == 0, log
