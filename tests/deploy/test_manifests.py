@@ -5,9 +5,11 @@ overlays promise: network policies, probes, grace periods, stores, secrets kept 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -19,9 +21,11 @@ import yaml
 from gitstafette.k8s.pod_security import hardening_violations, pod_templates
 from tests.deploy.tools import KUSTOMIZE_ROOT, tool
 
-OVERLAYS = ("overlays/server-sqlite", "overlays/server-redis", "overlays/client")
+#: a server overlay with the TLS component added, as docs/kubernetes.md shows it
+SERVER_TLS = "overlays/server-sqlite+components/server-tls"
+OVERLAYS = ("overlays/server-sqlite", "overlays/server-redis", "overlays/client", SERVER_TLS)
 RENDERED = (*OVERLAYS, "ingress")
-SERVER_OVERLAYS = OVERLAYS[:2]
+SERVER_OVERLAYS = ("overlays/server-sqlite", "overlays/server-redis", SERVER_TLS)
 #: the Kubernetes versions validated against: the oldest supported release and the newest kubernetes-validate has
 KUBERNETES_VERSIONS = ("1.32.0", "1.37.0")
 UID = 10001
@@ -32,11 +36,18 @@ CLIENT = {"app.kubernetes.io/name": "gitstafette", "app.kubernetes.io/component"
 
 @cache
 def render(directory: str) -> tuple[str, tuple[dict[str, Any], ...]]:
-    """`kubectl kustomize deploy/kubernetes/<directory>`: the YAML and its documents."""
+    """`kubectl kustomize deploy/kubernetes/<directory>`: the YAML and its documents. ``overlay+component``
+    renders the overlay with the component added, through a kustomization of the test's own."""
     kubectl = tool("kubectl", "apt-get install kubectl; kubectl kustomize renders the overlays")
-    result = subprocess.run(
-        [kubectl, "kustomize", str(KUSTOMIZE_ROOT / directory)], capture_output=True, text=True, timeout=120
-    )
+    with tempfile.TemporaryDirectory() as scratch:
+        root = KUSTOMIZE_ROOT / directory
+        if "+" in directory:
+            overlay, *components = (os.path.relpath(KUSTOMIZE_ROOT / part, scratch) for part in directory.split("+"))
+            kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization"}
+            kustomization.update(resources=[overlay], components=components)  # type: ignore[arg-type]
+            (Path(scratch) / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+            root = Path(scratch)
+        result = subprocess.run([kubectl, "kustomize", str(root)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout, tuple(document for document in yaml.safe_load_all(result.stdout) if document)
 
@@ -192,11 +203,15 @@ def test_server_probes_and_a_grace_period_for_what_is_in_flight(directory: str) 
     spec = pod_spec(directory)
     (container,) = spec["containers"]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    # readiness: the kubelet's gRPC probe against grpc.health.v1 on the gRPC port
-    assert container["readinessProbe"]["grpc"] == {"port": ports["grpc"]}
+    scheme = {"scheme": "HTTPS"} if directory == SERVER_TLS else {}
+    if directory == SERVER_TLS:  # the kubelet's gRPC probe speaks no TLS: the same store check over HTTPS
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http", **scheme}
+        assert "grpc" not in container["readinessProbe"]
+    else:  # readiness: the kubelet's gRPC probe against grpc.health.v1 on the gRPC port
+        assert container["readinessProbe"]["grpc"] == {"port": ports["grpc"]}
     # liveness and startup: HTTP /healthz, which does not depend on the store
     for probe in ("livenessProbe", "startupProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http", **scheme}
     grace = _seconds(environment(directory)["GITSTAFETTE_SHUTDOWN_GRACE"])
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
     # the server's grace, then 2 s for the last writes and the store's close (docs/configuration.md)
@@ -213,6 +228,23 @@ def test_client_probes_and_a_grace_period_for_the_delivery_under_way() -> None:
     assert grace >= 30, "a delivery attempt may take --delivery-timeout (30 s)"
     # then the last acknowledgements and the stream's close (client/app.py STREAM_CLOSE_S, 5 s)
     assert spec["terminationGracePeriodSeconds"] >= grace + 5 + 5
+
+
+def test_the_tls_component_serves_both_ports_with_certificates_from_a_secret() -> None:
+    env = environment(SERVER_TLS)
+    spec = pod_spec(SERVER_TLS)
+    (tls,) = [v for v in spec["volumes"] if v["name"] == "tls"]
+    assert tls["secret"]["secretName"] == "gitstafette-server-tls"
+    (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "tls"]
+    for option, key in (("CERT", "tls.crt"), ("KEY", "tls.key"), ("CLIENT_CA", "ca.crt")):
+        assert env[f"GITSTAFETTE_TLS_{option}"] == f"{mount['mountPath']}/{key}"
+    service = one(SERVER_TLS, "Service")
+    assert {port["appProtocol"] for port in service["spec"]["ports"]} == {"https"}
+    # the rest of the overlay is as it was
+    plain = one("overlays/server-sqlite", "Deployment")["spec"]["template"]["spec"]
+    assert {k: v for k, v in spec.items() if k not in ("containers", "volumes")} == {
+        k: v for k, v in plain.items() if k not in ("containers", "volumes")
+    }
 
 
 def test_sqlite_overlay_one_replica_on_a_volume_replaced_not_rolled() -> None:

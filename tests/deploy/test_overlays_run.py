@@ -13,7 +13,6 @@ import ssl
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,9 @@ import httpx
 import pytest
 
 from tests.client.utils import PUSH, RecordingTarget, wait_until
-from tests.deploy.conftest import ULIMITS, BuiltImage
+from tests.deploy.conftest import BuiltImage
 from tests.deploy.pods import Pod, grpc_health, in_network_of
-from tests.deploy.test_manifests import documents
+from tests.deploy.test_manifests import SERVER_TLS, documents
 from tests.security.utils import sign
 from tests.utils import github_request
 
@@ -61,18 +60,18 @@ def _get(pid: int, url: str, **options: Any) -> httpx.Response:
     return in_network_of(pid, get)
 
 
-def _trust(ca: Path | None) -> ssl.SSLContext | bool:
-    return ssl.create_default_context(cafile=ca) if ca else False
+def _trust(ca: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=ca)
 
 
-def _probe(pod: Pod, pid: int, probe: str, ca: Path | None = None) -> bool:
+def _probe(pod: Pod, pid: int, probe: str) -> bool:
     """The container's ``probe`` (httpGet or grpc) as the kubelet asks it: True when it succeeds."""
     handler = pod.container[probe]
     if "grpc" in handler:
-        return grpc_health(pid, pod.port(handler["grpc"]["port"]), ca) == "SERVING"
+        return grpc_health(pid, pod.port(handler["grpc"]["port"])) == "SERVING"
     http = handler["httpGet"]
-    scheme = "https" if ca else "http"
-    response = _get(pid, f"{scheme}://127.0.0.1:{pod.port(http['port'])}{http['path']}", verify=_trust(ca))
+    scheme = http.get("scheme", "HTTP").lower()  # the kubelet does not verify an HTTPS probe's certificate
+    response = _get(pid, f"{scheme}://127.0.0.1:{pod.port(http['port'])}{http['path']}", verify=False)
     return 200 <= response.status_code < 400
 
 
@@ -128,8 +127,6 @@ def _certificates(folder: Path) -> Path:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    for path in folder.iterdir():
-        path.chmod(0o444)  # for the server container's user; the client's come through its Secret
     return folder
 
 
@@ -137,25 +134,34 @@ def test_client_overlay_relays_over_mutual_tls_with_its_secrets(
     image: BuiltImage, container_names: list[str], tmp_path: Path
 ) -> None:
     """The client pod as rendered, with its token, webhook secret and client certificate from its Secrets,
-    beside a server that asks for all three (mutual TLS, a tokens file, the webhook secret)."""
+    beside the server pod of server-sqlite with the TLS component, as rendered too, which asks for all three
+    (mutual TLS, its tokens file, the webhook secret): the client's pod shares the server's network, as if
+    the ingress that would stand between them were not there."""
     headers, body, repository = github_request(PUSH)
     certs = _certificates(tmp_path / "certs")
-    (tmp_path / "certs" / "tokens.yaml").write_bytes(_tokens_file(repository))
+    server = Pod(
+        documents(SERVER_TLS),
+        {
+            "gitstafette-server": {
+                "webhook-secret": WEBHOOK_SECRET.encode(),
+                "tokens.yaml": _tokens_file(repository),
+                "admin-token": ADMIN_TOKEN.encode(),
+            },
+            "gitstafette-server-tls": {
+                "tls.crt": (certs / "server.pem").read_bytes(),
+                "tls.key": (certs / "server-key.pem").read_bytes(),
+                "ca.crt": (certs / "ca.pem").read_bytes(),  # the CA of the clients' certificates, too
+            },
+        },
+        tmp_path / "server",
+    )
+    (tmp_path / "server").mkdir()
     server_pid = _start(
-        image,
-        container_names,
-        ["run", "--detach", "--name", f"gst-tls-{uuid.uuid4().hex[:8]}", "--network=none", "--read-only"]
-        + ["--volume", f"{certs}:/certs:ro", "--tmpfs", "/tmp:rw,size=16m", "--cap-drop=all", *ULIMITS, image.image]
-        + ["server"]
-        + ["--host=127.0.0.1", "--store=memory://", "--tls-cert=/certs/server.pem", "--tls-key=/certs/server-key.pem"]
-        + ["--tls-client-ca=/certs/ca.pem", "--tokens-file=/certs/tokens.yaml", f"--webhook-secret={WEBHOOK_SECRET}"],
+        image, container_names, server.podman_run(image, "none", {"GITSTAFETTE_REPOSITORIES": repository})
     )
-    wait_until(
-        lambda: _get(server_pid, "https://127.0.0.1:1323/readyz", verify=_trust(certs / "ca.pem")).status_code == 200,
-        timeout=60,
-        message="the TLS server",
-        interval=0.5,
-    )
+    server_name = container_names[-1]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        wait_until(lambda probe=probe: _probe(server, server_pid, probe), timeout=60, message=probe, interval=0.5)
     target = in_network_of(server_pid, lambda: RecordingTarget().start())
     try:
         secrets = {
@@ -166,32 +172,31 @@ def test_client_overlay_relays_over_mutual_tls_with_its_secrets(
                 "ca.crt": (certs / "ca.pem").read_bytes(),
             },
         }
-        pod = Pod(documents("overlays/client"), secrets, tmp_path)
+        (tmp_path / "client").mkdir()
+        pod = Pod(documents("overlays/client"), secrets, tmp_path / "client")
         # where the server and the target are, and which repository: what a user sets in the ConfigMap
         overrides = {
-            "GITSTAFETTE_SERVER": "127.0.0.1:50051",
+            "GITSTAFETTE_SERVER": f"127.0.0.1:{server.port('grpc')}",
             "GITSTAFETTE_TARGET": target.url,
             "GITSTAFETTE_REPOSITORIES": repository,
         }
-        arguments = pod.podman_run(image, f"container:{container_names[-1]}", overrides)
-        client_pid = _start(image, container_names, arguments)
+        client_pid = _start(image, container_names, pod.podman_run(image, f"container:{server_name}", overrides))
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             wait_until(lambda probe=probe: _probe(pod, client_pid, probe), timeout=60, message=probe, interval=0.5)
 
         signed = {**headers, "X-Hub-Signature-256": sign(WEBHOOK_SECRET, body)}
-        posted = in_network_of(
-            server_pid,
-            lambda: httpx.post(
-                "https://127.0.0.1:1323/v1/github/", headers=signed, content=body, verify=_trust(certs / "ca.pem")
-            ),
-        )
+        url = f"https://127.0.0.1:{server.port('http')}/v1/github/"
+        trust = _trust(certs / "ca.pem")
+        posted = in_network_of(server_pid, lambda: httpx.post(url, headers=signed, content=body, verify=trust))
         assert posted.status_code == 201, posted.text
         wait_until(lambda: target.requests, message="the webhook at the target", timeout=30)
         (delivered,) = target.requests
         assert delivered.body == body
         assert delivered.header("X-Hub-Signature-256") == signed["X-Hub-Signature-256"]
 
-        exit_code, took, log = _stop(image, container_names[-1], pod.spec["terminationGracePeriodSeconds"])
-        assert exit_code == 0, log
+        for name, spec in ((container_names[-1], pod.spec), (server_name, server.spec)):
+            exit_code, took, log = _stop(image, name, spec["terminationGracePeriodSeconds"])
+            assert exit_code == 0, log
+            assert took < spec["terminationGracePeriodSeconds"]
     finally:
         target.stop()
