@@ -126,9 +126,9 @@ start=$(date +%s)
 buildah "${storage[@]}" bud --isolation chroot --layers "${build_args[@]}" "${secret[@]}" \
   -f Containerfile -t "$image" . >&2
 seconds=$(($(date +%s) - start))
-size=$(buildah "${storage[@]}" images --format '{{.Size}}' "$image" | head -n 1)
+# (no `… | head` here: under pipefail, a lister cut off by head fails the script with SIGPIPE)
 id=$(podman "${storage[@]}" image inspect --format '{{.Id}}' "$image")
 bytes=$(podman "${storage[@]}" image inspect --format '{{.Size}}' "$image")
-log "built $image ($size) in $seconds s; use it with: podman ${storage[*]} …"
+log "built $image ($((bytes / 1000000)) MB) in $seconds s; use it with: podman ${storage[*]} …"
 printf '{"image": "%s", "id": "%s", "size_bytes": %s, "seconds": %s, "storage_root": "%s", "storage_driver": "%s"}\n' \
   "$image" "$id" "$bytes" "$seconds" "$storage_root" "$STORAGE_DRIVER"
