@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -68,16 +69,26 @@ def _bursts(http: httpx.Client, ingress: Ingress, bursts: int, pause_s: float) -
     return posted
 
 
-def test_streams_cut_at_the_proxy_timeout_lose_and_repeat_nothing(store: str, target: RecordingTarget) -> None:
-    # Heartbeats far apart: the proxy cuts the stream each time events pause for longer than its timeout,
-    # and the next burst arrives while the client is reconnecting, or just after.
+Relay = tuple[Ingress, ClientProcess, httpx.Client]
+
+
+@contextmanager
+def _relay(store: str, target: RecordingTarget, heartbeat: str) -> Iterator[Relay]:
+    """Server (``--heartbeat``), the ingress with the short timeout in front, and a connected client behind it."""
     with (
-        running_server("--store", store, "--heartbeat", "60s") as server,
+        running_server("--store", store, "--heartbeat", heartbeat) as server,
         one_port(server, PROXY_TIMEOUT) as ingress,
-        running_client([ingress.grpc_target], list(REPOSITORIES), target.url, "cut") as client,
+        running_client([ingress.grpc_target], list(REPOSITORIES), target.url, "behind-the-proxy") as client,
         httpx.Client(timeout=10) as http,
     ):
         client.wait_connected()
+        yield ingress, client, http
+
+
+def test_streams_cut_at_the_proxy_timeout_lose_and_repeat_nothing(store: str, target: RecordingTarget) -> None:
+    # Heartbeats far apart: the proxy cuts the stream each time events pause for longer than its timeout,
+    # and the next burst arrives while the client is reconnecting, or just after.
+    with _relay(store, target, "60s") as (ingress, client, http):
         posted = _bursts(http, ingress, bursts=6, pause_s=1.4)
         _assert_delivered_once_in_order(target, posted)
         assert _connections(client) >= 3, "the proxy did not cut the stream: the test proved nothing"
@@ -85,13 +96,7 @@ def test_streams_cut_at_the_proxy_timeout_lose_and_repeat_nothing(store: str, ta
 
 
 def test_heartbeats_below_the_proxy_timeout_keep_the_stream_open(store: str, target: RecordingTarget) -> None:
-    with (
-        running_server("--store", store, "--heartbeat", "0.3s") as server,
-        one_port(server, PROXY_TIMEOUT) as ingress,
-        running_client([ingress.grpc_target], list(REPOSITORIES), target.url, "kept") as client,
-        httpx.Client(timeout=10) as http,
-    ):
-        client.wait_connected()
+    with _relay(store, target, "0.3s") as (ingress, client, http):
         # silences of three proxy timeouts each, which the heartbeats fill
         posted = _bursts(http, ingress, bursts=3, pause_s=3.0)
         _assert_delivered_once_in_order(target, posted)
