@@ -100,6 +100,16 @@ class AckStream:
             if kind == "subscribed":
                 self.assigned = list(response.subscribed.repository_ids)
 
+    async def receive_and_ack(self, count: int, timeout: float = 10) -> list[str]:
+        """The delivery ids of the next ``count`` events, each acknowledged as it comes (fails on a missing one)."""
+        ids = []
+        for _ in range(count):
+            event = await self.next_event(timeout)
+            assert event is not None, f"{len(ids)} of {count} events came"
+            ids.append(event.webhook_event.event_id)
+            await self.ack(event)
+        return ids
+
     async def ack(self, event: pb.RelayedEvent) -> None:
         await self.call.write(pb.StreamRequest(ack=pb.Ack(repository_id=event.repository_id, sequence=event.sequence)))
 

@@ -186,6 +186,7 @@ def test_server_config_accepts_port_zero_and_equal_retention_and_max_age() -> No
         ({"max_streams_per_client": -1}, "max-streams-per-client"),
         ({"request_timeout_s": 0}, "request-timeout"),
         ({"keep_alive_timeout_s": -1}, "keep-alive-timeout"),
+        ({"heartbeat_s": 0}, "heartbeat"),
         ({"max_header_bytes": 100}, "max-header-size"),
     ],
 )

@@ -76,13 +76,7 @@ async def test_every_client_id_gets_every_event(server: ServerProcess) -> None:
     ):
         ids = await post(server, count=5)
         for stream in (jenkins, tekton):
-            got = []
-            for _ in ids:
-                event = await stream.next_event()
-                assert event is not None
-                got.append(event.webhook_event.event_id)
-                await stream.ack(event)
-            assert got == ids
+            assert await stream.receive_and_ack(len(ids)) == ids
 
 
 async def test_connections_of_one_client_id_split_the_work(server: ServerProcess) -> None:

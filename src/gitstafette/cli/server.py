@@ -68,6 +68,10 @@ REQUEST_TIMEOUT_HELP = (
 )
 MAX_HEADER_HELP = "Largest request line plus headers of an HTTP request (else 431)."
 KEEP_ALIVE_HELP = "An idle keep-alive HTTP connection is closed after this long."
+HEARTBEAT_HELP = (
+    "A stream that carried nothing this long gets a heartbeat message: keep it below the idle timeout of every "
+    "proxy and load balancer between the server and its clients (and below the clients' --idle-timeout)."
+)
 READY_FILE_HELP = (
     "Once both ports listen, write this JSON file: pid, host, http_port and grpc_port (the ports bound: "
     "with port 0, the ones chosen). " + common.READY_FILE_HOW
@@ -109,6 +113,7 @@ def server(
     request_timeout: Annotated[str, common.env("REQUEST_TIMEOUT", REQUEST_TIMEOUT_HELP)] = "30s",
     max_header_size: Annotated[str, common.env("MAX_HEADER_SIZE", MAX_HEADER_HELP)] = "64KiB",
     keep_alive_timeout: Annotated[str, common.env("KEEP_ALIVE_TIMEOUT", KEEP_ALIVE_HELP)] = "5s",
+    heartbeat: Annotated[str, common.env("HEARTBEAT", HEARTBEAT_HELP)] = "15s",
     ready_file: Annotated[str, common.env("READY_FILE", READY_FILE_HELP, metavar="PATH")] = "",
 ) -> None:
     """Receive GitHub webhooks over HTTP, store them, and stream them to clients over gRPC."""
@@ -143,6 +148,7 @@ def server(
             request_timeout_s=parse_duration(request_timeout, "request-timeout"),
             max_header_bytes=parse_size(max_header_size, "max-header-size"),
             keep_alive_timeout_s=parse_duration(keep_alive_timeout, "keep-alive-timeout"),
+            heartbeat_s=parse_duration(heartbeat, "heartbeat"),
             otel=OtelSettings.from_env(otel, constants.SERVER_SERVICE_NAME),
             sentry_dsn=Secret.optional(sentry_dsn),
             ready_file=ready_file,

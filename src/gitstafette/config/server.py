@@ -117,5 +117,7 @@ class ServerConfig:
             raise ConfigError("max-streams-per-client must be 0 (no limit) or more")
         if self.request_timeout_s <= 0 or self.keep_alive_timeout_s <= 0:
             raise ConfigError("request-timeout and keep-alive-timeout must be positive")
+        if self.heartbeat_s <= 0:
+            raise ConfigError("heartbeat must be positive")
         if self.max_header_bytes < 1024:
             raise ConfigError("max-header-size must be at least 1KiB")
