@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from gitstafette import __version__
 from tests.client.utils import wait_until
@@ -291,3 +296,30 @@ def test_the_state_api_is_off_unless_asked_for() -> None:
     with running_server("--store", "memory://") as server:
         response = httpx.post(f"{server.url}/graphql", json={"query": "{ server { version } }"}, timeout=10)
         assert response.status_code == 404
+
+
+async def test_websockets_speak_graphql_transport_ws_with_the_token_in_connection_init(tmp_path: Path) -> None:
+    jenkins = make_token("jenkins", REPO)
+    server_context, admin_token = _state_server(tmp_path, "memory://", jenkins)
+    with server_context as server:
+        url = f"ws://127.0.0.1:{server.http_port}/graphql"
+
+        async def connection_init(payload: dict[str, str]) -> tuple[int | None, dict[str, Any] | None]:
+            """(close code, None) when the server closed the socket, else (None, its answer)."""
+            async with connect(url, subprotocols=[Subprotocol("graphql-transport-ws")]) as socket:
+                await socket.send(json.dumps({"type": "connection_init", "payload": payload}))
+                try:
+                    return None, json.loads(await asyncio.wait_for(socket.recv(), 10))
+                except ConnectionClosed as closed:
+                    return (closed.rcvd.code if closed.rcvd else None), None
+
+        for refused in ({}, {"authorization": "Bearer wrong"}):
+            assert await connection_init(refused) == (4401, None)
+        for token in (admin_token, jenkins.value):
+            assert await connection_init({"authorization": f"Bearer {token}"}) == (None, {"type": "connection_ack"})
+        # The legacy graphql-ws protocol is not spoken: the socket is closed with 4406.
+        with pytest.raises(ConnectionClosed) as legacy:
+            async with connect(url, subprotocols=[Subprotocol("graphql-ws")]) as socket:
+                await asyncio.wait_for(socket.recv(), 10)
+        assert legacy.value.rcvd is not None and legacy.value.rcvd.code == 4406
+    assert admin_token not in server.log() and jenkins.value not in server.log()
