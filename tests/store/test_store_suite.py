@@ -522,6 +522,11 @@ async def test_audit_is_kept_per_event_in_the_order_recorded(store: EventStore) 
     assert await store.audit(REPO_A) == [first[1], first[2], second[0], second[1], first[0], second[2]]
     assert await store.audit(REPO_B) == [first[3]]
     assert await store.audit("999") == []
+    # one event's records alone, in the same order
+    assert await store.audit(REPO_A, 1) == [first[1], first[2], second[0], second[1]]
+    assert await store.audit(REPO_A, 2) == [first[0], second[2]]
+    assert await store.audit(REPO_A, 3) == []
+    assert await store.audit(REPO_B, 2) == []
 
 
 async def test_audit_of_pruned_events_goes_with_them(store: EventStore) -> None:
@@ -532,6 +537,7 @@ async def test_audit_of_pruned_events_goes_with_them(store: EventStore) -> None:
 
     assert await store.prune(NOW_NS, retention_s=10, max_age_s=1000) == 2
     assert [r.sequence for r in await store.audit(REPO_A)] == [3]
+    assert await store.audit(REPO_A, 1) == []
 
 
 async def test_audit_survives_a_reopen(persistent_backend: Backend) -> None:

@@ -72,6 +72,12 @@ HEARTBEAT_HELP = (
     "A stream that carried nothing this long gets a heartbeat message: keep it below the idle timeout of every "
     "proxy and load balancer between the server and its clients (and below the clients' --idle-timeout)."
 )
+STATE_API_HELP = (
+    "Serve the GraphQL state API at /graphql on the HTTP port: repositories, events, clients, dead letters, "
+    "the audit trail. Needs a token: the admin token, or a client token (its own repositories only)."
+)
+STATE_API_GRAPHIQL_HELP = "With --state-api: serve the GraphiQL IDE on GET /graphql (queries still need a token)."
+STATE_API_INTROSPECTION_HELP = "With --state-api: answer introspection queries (turn off in production if you like)."
 READY_FILE_HELP = (
     "Once both ports listen, write this JSON file: pid, host, http_port and grpc_port (the ports bound: "
     "with port 0, the ones chosen). " + common.READY_FILE_HOW
@@ -115,6 +121,11 @@ def server(
     keep_alive_timeout: Annotated[str, common.env("KEEP_ALIVE_TIMEOUT", KEEP_ALIVE_HELP)] = "5s",
     heartbeat: Annotated[str, common.env("HEARTBEAT", HEARTBEAT_HELP)] = "15s",
     ready_file: Annotated[str, common.env("READY_FILE", READY_FILE_HELP, metavar="PATH")] = "",
+    state_api: Annotated[bool, common.env("STATE_API", STATE_API_HELP)] = False,
+    state_api_graphiql: Annotated[bool, common.env("STATE_API_GRAPHIQL", STATE_API_GRAPHIQL_HELP)] = False,
+    state_api_introspection: Annotated[
+        bool, common.env("STATE_API_INTROSPECTION", STATE_API_INTROSPECTION_HELP)
+    ] = True,
 ) -> None:
     """Receive GitHub webhooks over HTTP, store them, and stream them to clients over gRPC."""
     # gRPC's C core writes its own line for a port it cannot bind, outside our log; the server says why itself.
@@ -152,6 +163,9 @@ def server(
             otel=OtelSettings.from_env(otel, constants.SERVER_SERVICE_NAME),
             sentry_dsn=Secret.optional(sentry_dsn),
             ready_file=ready_file,
+            state_api=state_api,
+            state_api_graphiql=state_api_graphiql,
+            state_api_introspection=state_api_introspection,
         )
     except ConfigError as exc:
         raise common.fail(exc) from exc

@@ -89,6 +89,11 @@ class ServerConfig:
     sentry_dsn: Secret | None = None
     #: once both ports listen, a JSON file of the pid, host, http_port and grpc_port (removed at shutdown)
     ready_file: str = ""
+    #: the GraphQL state API at /graphql (gitstafette.state): off unless asked for; its in-browser IDE, and
+    #: whether it answers introspection queries
+    state_api: bool = False
+    state_api_graphiql: bool = False
+    state_api_introspection: bool = True
 
     @property
     def grpc_max_message_bytes(self) -> int:

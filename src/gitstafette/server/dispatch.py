@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from dataclasses import dataclass, field
 
 from gitstafette.exceptions import StoreError
@@ -31,7 +32,16 @@ from gitstafette.server.cursor_writer import CursorWriter
 from gitstafette.server.lane import DEFAULT_WINDOW, Lane, LaneContext, Progress, Window
 from gitstafette.store import EventStore
 
-__all__ = ["AssignmentChanged", "Connection", "Dispatcher", "EndOfStream", "OutboxItem", "Outgoing"]
+__all__ = [
+    "AssignmentChanged",
+    "Connection",
+    "ConnectionState",
+    "Dispatcher",
+    "EndOfStream",
+    "LaneState",
+    "OutboxItem",
+    "Outgoing",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +79,41 @@ _ASSIGNMENT_CHANGED = AssignmentChanged()
 _END_OF_STREAM = EndOfStream()
 
 
-class Connection:
-    """One acknowledged stream: what it wants, the lanes it holds, and its queue of messages to send."""
+@dataclass(frozen=True, slots=True)
+class LaneState:
+    """What one lane of a connection is doing, as the state API shows it."""
 
-    def __init__(self, client_id: str, wanted: list[str]) -> None:
+    repository_id: str
+    #: the group's cursor of the repository (None until the lane has read it from the store)
+    cursor: int | None
+    #: events sent and not yet acknowledged or failed
+    in_flight: int
+    #: waiting for the lease that another replica holds
+    standby: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionState:
+    """A snapshot of one acknowledged stream (:meth:`Dispatcher.connections`)."""
+
+    connection_id: int
+    client_id: str
+    peer: str
+    connected_at_ns: int
+    wanted: tuple[str, ...]
+    lanes: tuple[LaneState, ...]
+
+
+class Connection:
+    """One acknowledged stream: what it wants, the lanes it holds, and its queue of messages to send.
+
+    :param peer: where the stream comes from (gRPC's ``context.peer()``), for the state API."""
+
+    def __init__(self, client_id: str, wanted: list[str], peer: str = "") -> None:
         self.id = next(_connection_ids)
         self.client_id = client_id
+        self.peer = peer
+        self.connected_at_ns = time.time_ns()
         self.wanted = list(dict.fromkeys(wanted))
         self.lanes: dict[str, Lane] = {}
         self.outbox: asyncio.Queue[OutboxItem] = asyncio.Queue()
@@ -203,8 +242,8 @@ class Dispatcher:
         self._disconnecting: set[asyncio.Future[None]] = set()
         store.on_replays(self._replays_requested)
 
-    def connect(self, client_id: str, repository_ids: list[str]) -> Connection:
-        connection = Connection(client_id, repository_ids)
+    def connect(self, client_id: str, repository_ids: list[str], peer: str = "") -> Connection:
+        connection = Connection(client_id, repository_ids, peer)
         group = self._groups.setdefault(client_id, _Group(client_id, self._lanes))
         group.connections.append(connection)
         logger.info(
@@ -316,6 +355,32 @@ class Dispatcher:
         """(client id, repository) → cursor, of every client id with a connection here (the store's are
         written behind these)."""
         return {(g.client_id, r): cursor for g in self._groups.values() for r, cursor in g.cursors().items()}
+
+    def connections(self) -> list[ConnectionState]:
+        """Every open connection of this process, with its lanes, by client id and then in connection order."""
+        states = []
+        for client_id, group in sorted(self._groups.items()):
+            for connection in group.connections:
+                lanes = tuple(
+                    LaneState(
+                        repository_id,
+                        group.progress[repository_id].cursor if repository_id in group.progress else None,
+                        len(lane.inflight),
+                        lane.standby,
+                    )
+                    for repository_id, lane in sorted(connection.lanes.items())
+                )
+                states.append(
+                    ConnectionState(
+                        connection.id,
+                        client_id,
+                        connection.peer,
+                        connection.connected_at_ns,
+                        tuple(connection.wanted),
+                        lanes,
+                    )
+                )
+        return states
 
     def connection_count(self, client_id: str | None = None) -> int:
         """Open connections, of every client id or of one."""

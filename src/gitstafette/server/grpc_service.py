@@ -245,7 +245,9 @@ class GitstafetteService(pb_grpc.GitstafetteServicer):
                 f"client {client_id} already has {cap} streams open, the most this server allows per client id "
                 "(--max-streams-per-client)",
             )
-        connection = self.dispatcher.connect(client_id, [r for r in resolved.values() if r is not None])
+        connection = self.dispatcher.connect(
+            client_id, [r for r in resolved.values() if r is not None], peer=context.peer() or ""
+        )
         unseen = [spec for spec, repository_id in resolved.items() if repository_id is None]
         with self.auth.session(grant, allowed) as session:
             session.on_revoke(connection.close)

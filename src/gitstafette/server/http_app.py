@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gitstafette import __version__
@@ -375,7 +375,7 @@ def create_app(parts: ServerParts) -> ASGIApp:
     async def webhook_not_allowed(request: Request) -> Response:  # pragma: no cover - _Front answers POST
         raise AssertionError("POST /v1/github/ is answered in front of starlette")
 
-    routes = [
+    routes: list[BaseRoute] = [
         # Answered by _Front; listed so that other methods get starlette's 405 with its Allow header.
         Route("/v1/github/", webhook_not_allowed, methods=["POST"]),
         Route("/v1/github", webhook_not_allowed, methods=["POST"]),
@@ -388,4 +388,9 @@ def create_app(parts: ServerParts) -> ASGIApp:
         Route("/readyz", endpoints.readyz, methods=["GET"]),
         Route("/metrics", endpoints.metrics, methods=["GET"]),
     ]
+    if parts.config.state_api:
+        from gitstafette.state import StateApp  # strawberry is imported only by a server that serves it
+
+        state = StateApp(parts)
+        routes += [Route("/graphql", state), WebSocketRoute("/graphql", state)]
     return _Front(endpoints, Starlette(routes=routes))

@@ -185,8 +185,8 @@ class TimedStore(EventStore):
     async def settle_replay(self, client_id: str, repository_id: str, sequence: int, delivered: bool) -> None:
         await self.inner.settle_replay(client_id, repository_id, sequence, delivered)
 
-    async def audit(self, repository_id: str) -> list[AuditRecord]:
-        return await self.inner.audit(repository_id)
+    async def audit(self, repository_id: str, sequence: int | None = None) -> list[AuditRecord]:
+        return await self.inner.audit(repository_id, sequence)
 
     async def repositories(self) -> list[RepositoryState]:
         return await self.inner.repositories()

@@ -206,9 +206,10 @@ class EventStore(ABC):
         """Record who was sent and who settled which events (a batch; a crash may lose the latest ones)."""
 
     @abstractmethod
-    async def audit(self, repository_id: str) -> list[AuditRecord]:
-        """The audit records of a repository's retained events, by sequence and then in the order added.
-        Records of pruned events go with them."""
+    async def audit(self, repository_id: str, sequence: int | None = None) -> list[AuditRecord]:
+        """The audit records of a repository's retained events (of the one event ``sequence`` only, when
+        given: read without the others), by sequence and then in the order added. Records of pruned events
+        go with them."""
 
     @abstractmethod
     async def repositories(self) -> list[RepositoryState]:

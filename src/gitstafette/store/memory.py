@@ -92,12 +92,15 @@ class MemoryStore(EventStore):
             if repo is not None:
                 repo.audit.append(record)
 
-    async def audit(self, repository_id: str) -> list[AuditRecord]:
+    async def audit(self, repository_id: str, sequence: int | None = None) -> list[AuditRecord]:
         repo = self._repositories.get(repository_id)
         if repo is None:
             return []
         first = repo.events[0].sequence if repo.events else repo.last_sequence + 1
-        return sorted((r for r in repo.audit if r.sequence >= first), key=lambda r: r.sequence)
+        return sorted(
+            (r for r in repo.audit if r.sequence >= first and sequence in (None, r.sequence)),
+            key=lambda r: r.sequence,
+        )
 
     async def repositories(self) -> list[RepositoryState]:
         return [

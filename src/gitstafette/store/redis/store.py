@@ -284,11 +284,12 @@ class RedisStore(EventStore):
                     client=self._connections.client_or_raise(),
                 )
 
-    async def audit(self, repository_id: str) -> list[AuditRecord]:
+    async def audit(self, repository_id: str, sequence: int | None = None) -> list[AuditRecord]:
         client = self._connections.client_or_raise()
         with self._connections.mapped("reading the audit trail"):
             first = await self._first_retained(client, repository_id)
-            members = cast(list[bytes], await client.zrangebyscore(self.keys.audit(repository_id), first, "+inf"))
+            low, high = (first, "+inf") if sequence is None else (max(first, sequence), sequence)
+            members = cast(list[bytes], await client.zrangebyscore(self.keys.audit(repository_id), low, high))
         records = []
         for member in members:
             client_id, sequence, action, at_ns = json.loads(text(member)[20:])

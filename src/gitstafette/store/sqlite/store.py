@@ -325,14 +325,16 @@ class SQLiteStore(EventStore):
             # Not durable: an audit batch rides along with the next group commit, and costs no fsync of its own.
             await self._write(lambda c: c.executemany("INSERT INTO audit VALUES (?, ?, ?, ?, ?)", rows), durable=False)
 
-    async def audit(self, repository_id: str) -> list[AuditRecord]:
+    async def audit(self, repository_id: str, sequence: int | None = None) -> list[AuditRecord]:
+        # One event's records through the index audit_by_event, or the whole retained trail.
+        one = "AND sequence = ? " if sequence is not None else ""
         rows = await self._read(
             lambda c: c.execute(
                 "SELECT client_id, repository_id, sequence, action, at_ns FROM audit WHERE repository_id = ? "
                 "AND sequence >= COALESCE((SELECT MIN(sequence) FROM events WHERE repository_id = ?), "
                 "(SELECT last_sequence + 1 FROM repositories WHERE repository_id = ?), 0) "
-                "ORDER BY sequence, rowid",
-                (repository_id, repository_id, repository_id),
+                f"{one}ORDER BY sequence, rowid",
+                (repository_id, repository_id, repository_id, *(() if sequence is None else (sequence,))),
             ).fetchall()
         )
         return [AuditRecord(*row) for row in rows]
