@@ -79,8 +79,9 @@ async def test_no_token_or_an_unknown_one_is_unauthenticated_on_every_rpc(secure
         stub_calls = Calls(channel, None)
         stub_calls.metadata = (("authorization", f"Basic {secured.jenkins.value}"),)
         assert await stub_calls.status(REPO) == UNAUTHENTICATED
-    log = secured.server.log()
-    assert "refused StreamWebhookEvents: no token" in log and "refused WebhookEventStatus: unknown token" in log
+    # The refusals are logged by the server's process: read its log once the lines have arrived.
+    wanted = ("refused StreamWebhookEvents: no token", "refused WebhookEventStatus: unknown token")
+    wait_until(lambda: all(line in secured.server.log() for line in wanted), message="the refusals logged")
 
 
 async def test_a_token_reading_a_repository_outside_its_list_is_permission_denied(secured: Secured) -> None:
