@@ -17,25 +17,13 @@ import yaml
 
 from gitstafette.config import parse_duration
 from tests.cloudrun.ingress import CONFIG, CONTAINERFILE
+from tests.schemas import SCHEMAS, strict
 from tests.utils import ROOT
 
 SERVICE = ROOT / "deploy" / "cloudrun" / "service.yaml"
-SCHEMA = ROOT.parent / "shared" / "schemas" / "knative-service-crd.yaml"
+SCHEMA = SCHEMAS / "knative-service-crd.yaml"
 #: the image of each container, by the Containerfile it is built from
 CONTAINERFILES = {"ingress": CONTAINERFILE, "app": ROOT / "Containerfile"}
-
-
-def strict(schema: Any) -> Any:
-    """``schema`` with unknown fields refused wherever Kubernetes would prune them (no
-    x-kubernetes-preserve-unknown-fields): a misspelt field fails here instead of vanishing on apply."""
-    if isinstance(schema, dict):
-        schema = {key: strict(value) for key, value in schema.items()}
-        if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
-            schema.setdefault("additionalProperties", False)
-        return schema
-    if isinstance(schema, list):
-        return [strict(item) for item in schema]
-    return schema
 
 
 @pytest.fixture(scope="module")
